@@ -11,7 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -23,7 +23,12 @@ StrategyName = Literal["least_confidence", "margin", "entropy", "random"]
 BackboneName = Literal["small_cnn", "mobilenet_v2", "inception_v3"]
 
 
-class StorageSettings(BaseModel):
+class _Group(BaseModel):
+    # A misspelt setting is an error, not a silently ignored key.
+    model_config = ConfigDict(extra="forbid")
+
+
+class StorageSettings(_Group):
     uri: str = Field(
         "./activeflow-store",
         description="Root of the object store: a local directory or s3://bucket/prefix.",
@@ -43,19 +48,21 @@ class StorageSettings(BaseModel):
         return value
 
 
-class BudgetSettings(BaseModel):
+class BudgetSettings(_Group):
     per_run: int = Field(100, ge=1, description="Most labels one batch may ask for.")
     total: int | None = Field(
         None, ge=1, description="Optional cap on labels over all batches; None means no cap."
     )
 
 
-class StrategySettings(BaseModel):
+class StrategySettings(_Group):
     name: StrategyName = Field("margin", description="How a batch is selected.")
     seed: int = Field(0, description="Seed for random selection and cold starts.")
 
 
-class ModelSettings(BaseModel):
+class ModelSettings(_Group):
+    model_config = ConfigDict(extra="forbid", protected_namespaces=())
+
     backbone: BackboneName = Field("small_cnn", description="Feature extractor under the head.")
     weights: str | None = Field(
         None,
@@ -77,13 +84,13 @@ class ModelSettings(BaseModel):
         return self
 
 
-class ScoringSettings(BaseModel):
+class ScoringSettings(_Group):
     shard_size: int = Field(
         512, ge=1, description="Samples per scoring shard; bounds memory whatever the pool size."
     )
 
 
-class DataSettings(BaseModel):
+class DataSettings(_Group):
     classes: list[str] = Field(
         default_factory=list, description="Class names, in the order of the model's outputs."
     )
