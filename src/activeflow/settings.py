@@ -19,7 +19,8 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
-StrategyName = Literal["least_confidence", "margin", "entropy", "random"]
+from activeflow.strategies import StrategyName
+
 BackboneName = Literal["small_cnn", "mobilenet_v2", "inception_v3"]
 
 

@@ -1,0 +1,1 @@
+"""Prefect flows: compose tasks; no logic or I/O of their own."""

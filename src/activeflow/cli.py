@@ -1,0 +1,170 @@
+"""``activeflow <command>``: parse input, build the settings, run a flow, print the result."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from activeflow.settings import Settings, SettingsError, load_settings
+
+# Errors a person can act on: printed as one line, exit code 2, no traceback.
+_USER_ERRORS: tuple[type[Exception], ...] = (SettingsError,)
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="activeflow", description="Prefect-orchestrated active learning for images."
+    )
+    parser.add_argument("--config", type=Path, help="settings file (default: ./activeflow.toml)")
+    parser.add_argument("--store", help="storage.uri: a local folder or s3://bucket/prefix")
+    parser.add_argument("--endpoint-url", help="storage.endpoint_url for non-AWS S3 servers")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    ingest = commands.add_parser("ingest", help="ingest new images into the store")
+    ingest.add_argument("source", help="folder, s3://bucket/prefix or tfds:NAME[/SPLIT]")
+    ingest.add_argument("--labelled", action="store_true", help="SOURCE is <class>/<image>")
+    ingest.add_argument("--split", choices=["train", "test"], default="train",
+                        help="with --labelled: training labels or the held-out test set")
+    _json_flag(ingest)
+
+    _json_flag(commands.add_parser("score", help="score the pool with the champion"))
+
+    export = commands.add_parser("export-batch", help="export the next labelling batch")
+    _budget_options(export)
+    _json_flag(export)
+
+    imports = commands.add_parser("import-labels", help="import a batch's completed labels")
+    imports.add_argument("batch_id")
+    imports.add_argument("file", help="Label Studio JSON / JSON-MIN export or CSV id,label")
+    _json_flag(imports)
+
+    _json_flag(commands.add_parser("retrain", help="retrain; promote if not worse"))
+    _json_flag(commands.add_parser("status", help="what the store holds"))
+
+    cycle = commands.add_parser("cycle", help="score -> export-batch (simulate: + oracle, retrain)")
+    cycle.add_argument("--simulate", action="store_true", help="answer batches from --oracle")
+    cycle.add_argument("--oracle", help="ground truth folder laid out as <class>/<image>")
+    cycle.add_argument("--rounds", type=int, default=1)
+    _budget_options(cycle)
+    _json_flag(cycle)
+
+    demo = commands.add_parser("demo", help="the whole loop on bundled digits, margin vs random")
+    demo.add_argument("--out", default="activeflow-demo", help="where data, stores and report go")
+    demo.add_argument("--rounds", type=int, default=8)
+    demo.add_argument("--budget", type=int, default=20, help="labels per round")
+    return parser
+
+
+def _json_flag(command: argparse.ArgumentParser) -> None:
+    command.add_argument("--json", action="store_true", help="print JSON")
+
+
+def _budget_options(command: argparse.ArgumentParser) -> None:
+    command.add_argument("--budget", type=int, help="budget.per_run for this run")
+    command.add_argument("--total-budget", type=int, help="budget.total for this run")
+    command.add_argument("--strategy", help="strategy.name for this run")
+
+
+def _overrides(args: argparse.Namespace) -> dict[str, Any]:
+    """Explicit parameters, as nested settings, on top of every other source."""
+    overrides: dict[str, dict[str, Any]] = {}
+
+    def put(group: str, field: str, value: Any) -> None:
+        if value is not None:
+            overrides.setdefault(group, {})[field] = value
+
+    put("storage", "uri", args.store)
+    put("storage", "endpoint_url", args.endpoint_url)
+    if args.command != "demo":
+        put("budget", "per_run", getattr(args, "budget", None))
+    put("budget", "total", getattr(args, "total_budget", None))
+    put("strategy", "name", getattr(args, "strategy", None))
+    return overrides
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        settings = load_settings(args.config, **_overrides(args))
+        result = _run(args, settings)
+    except _USER_ERRORS + _core_errors() as error:
+        print(f"activeflow {args.command}: error: {error}", file=sys.stderr)
+        return 2
+    _print(result, as_json=getattr(args, "json", False))
+    return 0
+
+
+def _core_errors() -> tuple[type[Exception], ...]:
+    from activeflow.labelling import LabelFileError
+    from activeflow.scoring import ScoringError
+    from activeflow.sources import SourceError
+    from activeflow.store import ObjectNotFound, StoreError
+    from activeflow.training import TrainingError
+
+    return (LabelFileError, ScoringError, SourceError, StoreError, ObjectNotFound, TrainingError)
+
+
+def _run(args: argparse.Namespace, settings: Settings) -> Any:
+    command = args.command
+    if command == "status":  # reads the store only: no Prefect run needed
+        from activeflow.pool import load_state
+        from activeflow.store import open_store
+
+        return load_state(open_store(settings.storage)).summary(settings.budget.total)
+    if command == "ingest":
+        from activeflow.flows.ingest import ingest_flow
+
+        split = args.split if args.labelled else "pool"
+        return ingest_flow(args.source, split=split, settings=settings)
+    if command == "score":
+        from activeflow.flows.score import score_flow
+
+        plan = score_flow(settings)
+        return {"run_id": plan.run_id, "model_version": plan.model_version, "scored": plan.total}
+    if command == "export-batch":
+        from activeflow.flows.export_batch import export_batch_flow
+
+        result = export_batch_flow(settings)
+        return result.model_dump(exclude={"reason"}) if args.json else result
+    if command == "import-labels":
+        from activeflow.flows.import_labels import import_labels_flow
+
+        return import_labels_flow(args.batch_id, args.file, settings=settings)
+    if command == "retrain":
+        from activeflow.flows.retrain import retrain_flow
+
+        return retrain_flow(settings)
+    if command == "cycle":
+        from activeflow.flows.cycle import cycle_flow
+
+        return cycle_flow(settings, simulate=args.simulate, oracle=args.oracle, rounds=args.rounds)
+    if command == "demo":
+        return _demo(args, settings)
+    raise AssertionError(f"unhandled command {command}")
+
+
+def _demo(args: argparse.Namespace, settings: Settings) -> Any:
+    from activeflow.demo_data import demo_settings
+    from activeflow.flows.demo import demo_flow
+
+    result = demo_flow(
+        demo_settings(settings, per_run=args.budget), out=args.out, rounds=args.rounds
+    )
+    print(result.table)
+    return result.files
+
+
+def _print(result: Any, *, as_json: bool) -> None:
+    if hasattr(result, "model_dump"):
+        result = result.model_dump()
+    elif isinstance(result, list):
+        result = [r.model_dump() if hasattr(r, "model_dump") else r for r in result]
+    print(result if isinstance(result, str) and not as_json else json.dumps(result, indent=2, default=str))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,71 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+from prefect import flow, task
+from prefect.cache_policies import NO_CACHE
+from pydantic import BaseModel
+
+from activeflow.demo_data import DemoData, write_digits
+from activeflow.flows.cycle import cycle_flow
+from activeflow.flows.ingest import ingest_flow
+from activeflow.flows.retrain import retrain_flow
+from activeflow.reporting import CurvePoint, round_table, write_report
+from activeflow.settings import Settings, StrategyName
+from activeflow.training import PromotionDecision
+
+
+class DemoResult(BaseModel):
+    points: list[CurvePoint]
+    table: str
+    files: dict[str, str]
+
+
+@task(name="write-demo-data", cache_policy=NO_CACHE)
+def write_demo_data(out: str, rounds: int, seed: int) -> DemoData:
+    return write_digits(Path(out) / "data", arrivals=rounds, seed=seed)
+
+
+@task(name="write-report", cache_policy=NO_CACHE)
+def write_demo_report(out: str, points: list[CurvePoint]) -> dict[str, str]:
+    return {name: str(path) for name, path in write_report(Path(out), points).items()}
+
+
+def _point(strategy: str, number: int, decision: PromotionDecision) -> CurvePoint:
+    return CurvePoint(
+        strategy=strategy, round=number, labels=decision.labels_used, accuracy=decision.accuracy
+    )
+
+
+@flow(name="demo")
+def demo_flow(
+    settings: Settings,
+    out: str = "activeflow-demo",
+    strategies: list[StrategyName] = ["margin", "random"],  # noqa: B006 (Prefect shows it in the form)
+    rounds: int = 8,
+) -> DemoResult:
+    """The whole loop on scikit-learn's digits, once per strategy, into one report.
+
+    ``settings`` gives model and budget; each strategy gets its own store under ``out``."""
+    data = write_demo_data(out, rounds, settings.strategy.seed)
+    points: list[CurvePoint] = []
+    for strategy in strategies:
+        run = settings.model_copy(
+            update={
+                "storage": settings.storage.model_copy(update={"uri": str(Path(out) / "stores" / strategy)}),
+                "strategy": settings.strategy.model_copy(update={"name": strategy}),
+                "data": settings.data.model_copy(update={"classes": data.classes}),
+            }
+        )
+        ingest_flow(str(data.test), split="test", settings=run)
+        ingest_flow(str(data.seed), split="train", settings=run)
+        seed_model = retrain_flow(run)
+        points.append(_point(strategy, 0, seed_model))
+        for number, arrival in enumerate(data.arrivals, start=1):
+            ingest_flow(str(arrival), settings=run)
+            (result,) = cycle_flow(run, simulate=True, oracle=str(data.truth), rounds=1)
+            if result.retrain is None:
+                break  # budget spent or pool empty
+            points.append(_point(strategy, number, result.retrain))
+    files = write_demo_report(out, points)
+    return DemoResult(points=points, table=round_table(points), files=files)

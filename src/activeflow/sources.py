@@ -1,0 +1,153 @@
+"""Where new images come from: a local folder, an S3 prefix, or a tensorflow-datasets dataset.
+
+Every source yields ``SourceImage``s: raw bytes, where they came from, and (for
+labelled sources laid out as ``<class>/<image>``) the class name.
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+from activeflow.settings import StorageSettings
+from activeflow.store import open_store
+
+
+@dataclass(frozen=True)
+class SourceImage:
+    name: str  # where it came from, for records and error messages
+    data: bytes
+    label: str | None = None
+
+
+class SourceError(ValueError):
+    """A source that cannot be read at all (missing folder, bad tfds name, bad layout)."""
+
+
+def iter_source(
+    source: str, *, labelled: bool, storage: StorageSettings | None = None
+) -> Iterator[SourceImage]:
+    """Images of ``source``: a folder path, ``s3://bucket/prefix`` or ``tfds:NAME[/SPLIT]``.
+
+    With ``labelled``, folder and S3 sources are read as ``<class>/<image>``.
+    ``storage`` supplies the S3 endpoint and region for ``s3://`` sources.
+    """
+    if source.startswith("tfds:"):
+        yield from _iter_tfds_source(source.removeprefix("tfds:"), labelled=labelled)
+    elif source.startswith("s3://"):
+        yield from _iter_s3(source, labelled=labelled, storage=storage)
+    else:
+        yield from _iter_folder(Path(source), labelled=labelled)
+
+
+def _label_of(relative: PurePosixPath, source: str, labelled: bool) -> str | None:
+    if not labelled:
+        return None
+    if len(relative.parts) != 2:
+        raise SourceError(
+            f"{source}: labelled sources must be laid out as <class>/<image>; "
+            f"found {relative.as_posix()!r}"
+        )
+    return relative.parts[0]
+
+
+def _iter_folder(root: Path, *, labelled: bool) -> Iterator[SourceImage]:
+    if not root.is_dir():
+        raise SourceError(f"source folder {root} does not exist")
+    for path in sorted(p for p in root.rglob("*") if p.is_file()):
+        relative = PurePosixPath(path.relative_to(root).as_posix())
+        if any(part.startswith(".") for part in relative.parts):
+            continue  # hidden files and folders (.DS_Store, .git) are not inputs
+        label = _label_of(relative, str(root), labelled)
+        yield SourceImage(name=str(path), data=path.read_bytes(), label=label)
+
+
+def _iter_s3(uri: str, *, labelled: bool, storage: StorageSettings | None) -> Iterator[SourceImage]:
+    store = open_store(
+        StorageSettings(
+            uri=uri,
+            endpoint_url=storage.endpoint_url if storage else None,
+            region=storage.region if storage else None,
+        )
+    )
+    for key in store.list():
+        relative = PurePosixPath(key)
+        if any(part.startswith(".") for part in relative.parts):
+            continue
+        label = _label_of(relative, uri, labelled)
+        yield SourceImage(name=store.url(key), data=store.get(key), label=label)
+
+
+def _iter_tfds_source(spec: str, *, labelled: bool) -> Iterator[SourceImage]:
+    """``NAME[/SPLIT]`` of a registered dataset, or ``PATH/SPLIT`` (PATH starting with
+    ``/`` or ``.``) of a local tree ``<split>/<class>/<image>`` read by tfds' ImageFolder."""
+    if not spec.startswith(("/", ".")):
+        name, _, split = spec.partition("/")
+        yield from iter_tfds(name, split or "train", labelled=labelled)
+        return
+    root, _, split = spec.rpartition("/")
+    if not Path(root).is_dir():
+        raise SourceError(f"tfds:{spec}: expected PATH/SPLIT with PATH an existing folder")
+    import tensorflow_datasets as tfds
+
+    builder = tfds.folder_dataset.ImageFolder(root)
+    yield from iter_tfds_builder(builder, split, labelled=labelled, source=f"tfds:{root}")
+
+
+def iter_tfds(
+    name: str, split: str, *, labelled: bool, data_dir: str | None = None
+) -> Iterator[SourceImage]:
+    """A tensorflow-datasets dataset (downloaded where the internet is reachable)."""
+    import tensorflow_datasets as tfds
+
+    try:
+        builder = tfds.builder(name, data_dir=data_dir)
+    except Exception as error:  # tfds raises several types for unknown names
+        raise SourceError(f"tfds:{name}: not a tensorflow-datasets dataset ({error})") from error
+    builder.download_and_prepare()
+    yield from iter_tfds_builder(builder, split, labelled=labelled, source=f"tfds:{name}")
+
+
+def iter_tfds_builder(
+    builder: Any, split: str, *, labelled: bool, source: str
+) -> Iterator[SourceImage]:
+    """Images of a prepared tfds builder (e.g. ``tfds.folder_dataset.ImageFolder``).
+
+    tfds hands out decoded pixels; they are re-encoded as PNG (lossless and
+    deterministic), so the same example always gets the same content id.
+    """
+    from PIL import Image
+
+    if split not in builder.info.splits:
+        raise SourceError(f"{source}: no split {split!r}; has {sorted(builder.info.splits)}")
+    names = builder.info.features["label"].names if labelled else None
+    dataset = builder.as_dataset(split=split, shuffle_files=False)
+    for index, example in enumerate(dataset.as_numpy_iterator()):
+        pixels = example["image"]
+        if pixels.ndim == 3 and pixels.shape[-1] == 1:
+            pixels = pixels[..., 0]
+        buffer = io.BytesIO()
+        Image.fromarray(pixels).save(buffer, format="PNG")
+        label = names[int(example["label"])] if names is not None else None
+        yield SourceImage(name=f"{source}/{split}[{index}]", data=buffer.getvalue(), label=label)
+
+
+def read_location(location: str, *, storage: StorageSettings | None = None) -> bytes:
+    """Bytes of one input file: a local path or ``s3://bucket/key`` (endpoint from ``storage``)."""
+    if location.startswith("s3://"):
+        parent, _, name = location.rpartition("/")
+        store = open_store(
+            StorageSettings(
+                uri=parent,
+                endpoint_url=storage.endpoint_url if storage else None,
+                region=storage.region if storage else None,
+            )
+        )
+        return store.get(name)
+    path = Path(location)
+    if not path.is_file():
+        raise SourceError(f"file {location} does not exist")
+    return path.read_bytes()

@@ -1,0 +1,523 @@
+"""The one object-store interface: a local directory or any S3 API, same contract.
+
+Keys are relative POSIX paths (``samples/ab/<sha256>.png``) under the store's root.
+Every write is atomic — a reader sees the whole object or none of it — and
+``put_if_absent`` is a conditional create (an exclusive hard link locally, S3
+``If-None-Match: *`` remotely), the primitive for what must happen once.
+
+Plain Python and boto3 only: no Prefect, no TensorFlow. Build a store where it is used
+(``open_store(settings.storage)``); S3 credentials come from boto3's usual chain
+(``AWS_ACCESS_KEY_ID`` ..., profiles, instance roles), never from settings.
+"""
+
+from __future__ import annotations
+
+import abc
+import json
+import os
+import threading
+import time
+import uuid
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+import boto3
+from botocore.config import Config
+from botocore.exceptions import BotoCoreError, ClientError, EndpointConnectionError
+from botocore.exceptions import ConnectionError as BotoConnectionError
+from botocore.exceptions import NoCredentialsError, PartialCredentialsError
+
+from activeflow.settings import StorageSettings
+
+TEMP_PREFIX = ".tmp-"  # local temp files; a key segment may not start with it
+
+
+class ObjectNotFound(KeyError):
+    """No object at ``key`` in the store at ``uri``."""
+
+    def __init__(self, key: str, uri: str) -> None:
+        super().__init__(key)
+        self.key = key
+        self.uri = uri
+
+    def __str__(self) -> str:  # KeyError would print repr(key) only
+        return f"no object {self.key!r} in store {self.uri}"
+
+
+class StoreError(RuntimeError):
+    """The store cannot be used as configured: missing bucket, unreachable endpoint,
+    no credentials, access denied, a path that is not a directory ..."""
+
+
+def validate_key(key: str, *, what: str = "key") -> str:
+    """Return ``key`` if it is a relative POSIX path of plain segments, else ValueError."""
+    if not isinstance(key, str) or not key:
+        raise ValueError(f"invalid {what} {key!r}: must be a non-empty string")
+    problem = None
+    if key.startswith("/"):
+        problem = "must be relative (no leading '/')"
+    elif "\\" in key:
+        problem = "must use '/' as separator (no backslashes)"
+    elif "\x00" in key:
+        problem = "must not contain NUL characters"
+    else:
+        for segment in key.split("/"):
+            if segment == "":
+                problem = "must not have empty segments ('//' or a trailing '/')"
+            elif segment in (".", ".."):
+                problem = "must not have '.' or '..' segments"
+            elif segment.startswith(TEMP_PREFIX):
+                problem = f"segments starting with {TEMP_PREFIX!r} are reserved for temp files"
+            if problem:
+                break
+    if problem:
+        raise ValueError(f"invalid {what} {key!r}: {problem}")
+    return key
+
+
+def _validate_prefix(prefix: str) -> str:
+    """A list prefix: empty, or a key-like string that may end with '/'."""
+    if prefix:
+        validate_key(prefix[:-1] if prefix.endswith("/") else prefix, what="prefix")
+    return prefix
+
+
+class ObjectStore(abc.ABC):
+    """Immutable-by-convention blobs under a root. ``uri`` names the root."""
+
+    uri: str
+
+    @abc.abstractmethod
+    def put(self, key: str, data: bytes) -> None:
+        """Write ``data`` at ``key``, replacing any object there; atomic."""
+
+    @abc.abstractmethod
+    def put_if_absent(self, key: str, data: bytes) -> bool:
+        """Create ``key`` with ``data`` unless it exists. True if this call created it;
+        False if it already existed (left unchanged). Atomic."""
+
+    @abc.abstractmethod
+    def get(self, key: str) -> bytes:
+        """The object's bytes; ObjectNotFound if there is none."""
+
+    @abc.abstractmethod
+    def exists(self, key: str) -> bool: ...
+
+    @abc.abstractmethod
+    def list(self, prefix: str = "") -> list[str]:
+        """Every key starting with ``prefix`` (a plain string prefix, as in S3), recursive,
+        relative to the root, sorted."""
+
+    @abc.abstractmethod
+    def delete(self, key: str) -> None:
+        """Remove ``key``; a missing key is not an error."""
+
+    @abc.abstractmethod
+    def url(self, key: str) -> str:
+        """Where the object lives: an absolute file path or ``s3://bucket/prefix/key``."""
+
+    @abc.abstractmethod
+    def presigned_url(self, key: str, expires_s: int = 3600) -> str:
+        """A URL that reads the object without credentials: a presigned S3 GET URL, or a
+        ``file://`` URI locally."""
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.uri!r})"
+
+
+class LocalStore(ObjectStore):
+    """A directory; created on the first write.
+
+    Writes go to a ``.tmp-*`` file beside the target and are then renamed (``put``) or
+    hard-linked (``put_if_absent``, which fails atomically if the target exists), so
+    readers never see a partial object.
+    """
+
+    def __init__(self, root: Path | str) -> None:
+        self.root = Path(root).expanduser().absolute()
+        self.uri = str(self.root)
+
+    def _path(self, key: str) -> Path:
+        return self.root / validate_key(key)
+
+    def _write_temp(self, path: Path, data: bytes) -> Path:
+        """Write ``data`` durably to a fresh temp file in ``path``'s directory."""
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+        except (FileExistsError, NotADirectoryError) as error:
+            raise StoreError(
+                f"cannot write {path}: a parent of it in store {self.uri} is a file, not a folder"
+            ) from error
+        except OSError as error:
+            raise StoreError(f"cannot create folder {path.parent}: {error}") from error
+        temp = path.parent / f"{TEMP_PREFIX}{uuid.uuid4().hex}"
+        try:
+            fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+            try:
+                with os.fdopen(fd, "wb") as file:
+                    file.write(data)
+                    file.flush()
+                    os.fsync(file.fileno())
+            except BaseException:
+                temp.unlink(missing_ok=True)
+                raise
+        except OSError as error:
+            raise StoreError(f"cannot write {path}: {error}") from error
+        return temp
+
+    def put(self, key: str, data: bytes) -> None:
+        path = self._path(key)
+        temp = self._write_temp(path, data)
+        try:
+            os.replace(temp, path)
+        except OSError as error:
+            temp.unlink(missing_ok=True)
+            raise StoreError(f"cannot write {path}: {error}") from error
+
+    def put_if_absent(self, key: str, data: bytes) -> bool:
+        path = self._path(key)
+        temp = self._write_temp(path, data)
+        try:
+            os.link(temp, path)
+            return True
+        except FileExistsError:
+            if path.is_dir():
+                raise StoreError(
+                    f"cannot write {path}: it is a folder of other keys in store {self.uri}"
+                ) from None
+            return False
+        except OSError as error:
+            raise StoreError(
+                f"cannot create {path} exclusively (the local store needs a filesystem "
+                f"with hard links): {error}"
+            ) from error
+        finally:
+            temp.unlink(missing_ok=True)
+
+    def get(self, key: str) -> bytes:
+        path = self._path(key)
+        try:
+            return path.read_bytes()
+        except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
+            raise ObjectNotFound(key, self.uri) from None
+
+    def exists(self, key: str) -> bool:
+        return self._path(key).is_file()
+
+    def list(self, prefix: str = "") -> list[str]:
+        _validate_prefix(prefix)
+        # Walk only the deepest folder the prefix names; filter the rest by string prefix.
+        folder = self.root / prefix.rpartition("/")[0]
+        keys = []
+        for dirpath, _dirnames, filenames in os.walk(folder):
+            relative_dir = Path(dirpath).relative_to(self.root).as_posix()
+            for name in filenames:
+                if name.startswith(TEMP_PREFIX):
+                    continue
+                key = name if relative_dir == "." else f"{relative_dir}/{name}"
+                if key.startswith(prefix):
+                    keys.append(key)
+        return sorted(keys)
+
+    def delete(self, key: str) -> None:
+        path = self._path(key)
+        try:
+            path.unlink()
+        except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
+            pass  # no object at this key (a folder holds other keys, not this one)
+
+    def url(self, key: str) -> str:
+        return str(self._path(key))
+
+    def presigned_url(self, key: str, expires_s: int = 3600) -> str:
+        return self._path(key).as_uri()
+
+
+_NO_SUCH_KEY_CODES = {"404", "NoSuchKey", "NotFound"}
+_CONFLICT_RETRIES = 5
+
+
+class S3Store(ObjectStore):
+    """Objects under ``s3://bucket/prefix`` on AWS or any S3 API (``endpoint_url``).
+
+    The boto3 client is built inside, lazily, and dropped when pickled, so a store can
+    be handed to another process. The bucket is checked once, on first use; buckets are
+    never created here. Transient errors are retried by botocore (standard mode, 5
+    attempts). Failures surface as StoreError naming the endpoint, bucket and key.
+    """
+
+    def __init__(
+        self,
+        bucket: str,
+        prefix: str = "",
+        endpoint_url: str | None = None,
+        region: str | None = None,
+    ) -> None:
+        if len(bucket) < 3 or "/" in bucket:
+            raise StoreError(f"invalid bucket name {bucket!r} (3+ characters, no '/')")
+        self.bucket = bucket
+        self.prefix = prefix.strip("/")
+        if self.prefix:
+            validate_key(self.prefix, what="store prefix")
+        self.endpoint_url = endpoint_url
+        self.region = region
+        self.uri = f"s3://{bucket}/{self.prefix}" if self.prefix else f"s3://{bucket}"
+        self._s3: Any = None  # boto3 client, built on first use
+        self._bucket_checked = False
+        self._lock = threading.Lock()
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {**self.__dict__, "_s3": None, "_bucket_checked": False, "_lock": None}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._lock = threading.Lock()
+
+    @property
+    def _endpoint(self) -> str:
+        return self.endpoint_url or "AWS S3"
+
+    @property
+    def _client(self) -> Any:
+        """The boto3 client, after the bucket has been checked once."""
+        if not self._bucket_checked:
+            with self._lock:
+                if self._s3 is None:
+                    config = Config(
+                        retries={"max_attempts": 5, "mode": "standard"},
+                        connect_timeout=10,
+                        read_timeout=60,
+                        signature_version="s3v4",
+                    )
+                    session = boto3.session.Session(region_name=self.region)
+                    self._s3 = session.client("s3", endpoint_url=self.endpoint_url, config=config)
+                if not self._bucket_checked:
+                    self._check_bucket(self._s3)
+                    self._bucket_checked = True
+        return self._s3
+
+    def _check_bucket(self, client: Any) -> None:
+        try:
+            client.head_bucket(Bucket=self.bucket)
+        except ClientError as error:
+            code = _error_code(error)
+            if code in {"404", "NoSuchBucket", "NotFound"}:
+                raise StoreError(
+                    f"bucket {self.bucket!r} does not exist at endpoint {self._endpoint}; "
+                    "create it first (activeflow never creates buckets)"
+                ) from error
+            if code in {"403", "AccessDenied", "Forbidden"}:
+                raise StoreError(
+                    f"access to bucket {self.bucket!r} at endpoint {self._endpoint} is denied; "
+                    "check the credentials (AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY or "
+                    "AWS_PROFILE) and the bucket's policy"
+                ) from error
+            raise self._error(error, "check bucket", None) from error
+        except BotoCoreError as error:
+            raise self._error(error, "check bucket", None) from error
+
+    def _error(self, error: Exception, action: str, key: str | None) -> StoreError:
+        """A StoreError for a botocore failure, naming endpoint, bucket and key."""
+        where = f"s3://{self.bucket}/{self._full_key(key)}" if key else self.uri
+        if isinstance(error, NoCredentialsError | PartialCredentialsError):
+            return StoreError(
+                f"no usable S3 credentials for {where}: set AWS_ACCESS_KEY_ID and "
+                "AWS_SECRET_ACCESS_KEY (or AWS_PROFILE) in the environment"
+            )
+        if isinstance(error, EndpointConnectionError | BotoConnectionError):
+            return StoreError(f"cannot reach S3 endpoint {self._endpoint} for {where}: {error}")
+        if isinstance(error, ClientError):
+            code = _error_code(error)
+            if code == "NoSuchBucket":
+                return StoreError(
+                    f"bucket {self.bucket!r} does not exist at endpoint {self._endpoint}"
+                )
+            message = error.response.get("Error", {}).get("Message", "")
+            return StoreError(
+                f"S3 {action} of {where} failed at endpoint {self._endpoint}: {code} {message}"
+            )
+        return StoreError(f"S3 {action} of {where} failed at endpoint {self._endpoint}: {error}")
+
+    def _full_key(self, key: str) -> str:
+        validate_key(key)
+        return f"{self.prefix}/{key}" if self.prefix else key
+
+    def put(self, key: str, data: bytes) -> None:
+        full = self._full_key(key)
+        try:
+            self._client.put_object(Bucket=self.bucket, Key=full, Body=data)
+        except _BOTO_ERRORS as error:
+            raise self._error(error, "put", key) from error
+
+    def put_if_absent(self, key: str, data: bytes) -> bool:
+        full = self._full_key(key)
+        for attempt in range(_CONFLICT_RETRIES):
+            try:
+                self._client.put_object(Bucket=self.bucket, Key=full, Body=data, IfNoneMatch="*")
+                return True
+            except ClientError as error:
+                code = _error_code(error)
+                if code in {"PreconditionFailed", "412"}:
+                    return False  # it exists; left as it was
+                if code not in {"ConditionalRequestConflict", "409"}:
+                    raise self._error(error, "put_if_absent", key) from error
+                # 409: another conditional write of this key is in flight. Asking again
+                # settles it: 412 once that write has landed, success if it was abandoned.
+                time.sleep(0.05 * 2**attempt)
+            except BotoCoreError as error:
+                raise self._error(error, "put_if_absent", key) from error
+        raise StoreError(
+            f"put_if_absent of {self.url(key)}: conditional-write conflicts persisted after "
+            f"{_CONFLICT_RETRIES} attempts"
+        )
+
+    def get(self, key: str) -> bytes:
+        full = self._full_key(key)
+        try:
+            return self._client.get_object(Bucket=self.bucket, Key=full)["Body"].read()
+        except ClientError as error:
+            if _error_code(error) in _NO_SUCH_KEY_CODES:
+                raise ObjectNotFound(key, self.uri) from None
+            raise self._error(error, "get", key) from error
+        except BotoCoreError as error:
+            raise self._error(error, "get", key) from error
+
+    def exists(self, key: str) -> bool:
+        full = self._full_key(key)
+        try:
+            self._client.head_object(Bucket=self.bucket, Key=full)
+            return True
+        except ClientError as error:
+            if _error_code(error) in _NO_SUCH_KEY_CODES:
+                return False
+            raise self._error(error, "exists", key) from error
+        except BotoCoreError as error:
+            raise self._error(error, "exists", key) from error
+
+    def list(self, prefix: str = "") -> list[str]:
+        _validate_prefix(prefix)
+        root = f"{self.prefix}/" if self.prefix else ""
+        keys = []
+        try:
+            paginator = self._client.get_paginator("list_objects_v2")
+            for page in paginator.paginate(Bucket=self.bucket, Prefix=root + prefix):
+                for item in page.get("Contents", []):
+                    key = item["Key"][len(root) :]
+                    if key and not key.endswith("/"):  # skip folder markers
+                        keys.append(key)
+        except _BOTO_ERRORS as error:
+            raise self._error(error, f"list (prefix {prefix!r})", None) from error
+        return sorted(keys)
+
+    def delete(self, key: str) -> None:
+        full = self._full_key(key)
+        try:
+            self._client.delete_object(Bucket=self.bucket, Key=full)
+        except _BOTO_ERRORS as error:
+            raise self._error(error, "delete", key) from error
+
+    def url(self, key: str) -> str:
+        return f"s3://{self.bucket}/{self._full_key(key)}"
+
+    def presigned_url(self, key: str, expires_s: int = 3600) -> str:
+        full = self._full_key(key)
+        try:
+            return self._client.generate_presigned_url(
+                "get_object", Params={"Bucket": self.bucket, "Key": full}, ExpiresIn=expires_s
+            )
+        except _BOTO_ERRORS as error:
+            raise self._error(error, "presign", key) from error
+
+
+_BOTO_ERRORS = (ClientError, BotoCoreError)
+
+
+def _error_code(error: ClientError) -> str:
+    return str(error.response.get("Error", {}).get("Code", ""))
+
+
+def open_store(storage: StorageSettings) -> ObjectStore:
+    """``s3://bucket/prefix`` -> S3Store; anything else is a local directory."""
+    if storage.uri.startswith("s3://"):
+        bucket, _, prefix = storage.uri.removeprefix("s3://").partition("/")
+        return S3Store(bucket, prefix, endpoint_url=storage.endpoint_url, region=storage.region)
+    return LocalStore(Path(storage.uri).expanduser().resolve())
+
+
+# JSON helpers: the pipeline writes small JSON / JSONL objects constantly. Output is
+# deterministic (sorted keys), UTF-8, and strict (no NaN / Infinity).
+
+
+def json_bytes(obj: Any) -> bytes:
+    text = json.dumps(obj, sort_keys=True, indent=2, ensure_ascii=False, allow_nan=False)
+    return (text + "\n").encode()
+
+
+def jsonl_bytes(records: Iterable[Mapping[str, Any]]) -> bytes:
+    lines = []
+    for number, record in enumerate(records, start=1):
+        if not isinstance(record, Mapping):
+            raise TypeError(f"record {number} must be a mapping, got {type(record).__name__}")
+        try:
+            lines.append(
+                json.dumps(dict(record), sort_keys=True, ensure_ascii=False, allow_nan=False)
+            )
+        except (TypeError, ValueError) as error:
+            raise type(error)(f"record {number}: {error}") from None
+    return "".join(line + "\n" for line in lines).encode()
+
+
+def _encoded(store: ObjectStore, key: str, encode: Any, value: Any) -> bytes:
+    store.url(key)  # validates the key first
+    try:
+        return encode(value)
+    except (TypeError, ValueError) as error:
+        raise type(error)(f"cannot write {store.url(key)}: {error}") from None
+
+
+def put_json(store: ObjectStore, key: str, obj: Any) -> None:
+    store.put(key, _encoded(store, key, json_bytes, obj))
+
+
+def put_json_if_absent(store: ObjectStore, key: str, obj: Any) -> bool:
+    return store.put_if_absent(key, _encoded(store, key, json_bytes, obj))
+
+
+def get_json(store: ObjectStore, key: str) -> Any:
+    data = store.get(key)
+    try:
+        return json.loads(data.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise ValueError(f"{store.url(key)} is not valid UTF-8 JSON: {error}") from None
+
+
+def put_jsonl(store: ObjectStore, key: str, records: Iterable[Mapping[str, Any]]) -> None:
+    store.put(key, _encoded(store, key, jsonl_bytes, records))
+
+
+def put_jsonl_if_absent(store: ObjectStore, key: str, records: Iterable[Mapping[str, Any]]) -> bool:
+    return store.put_if_absent(key, _encoded(store, key, jsonl_bytes, records))
+
+
+def get_jsonl(store: ObjectStore, key: str) -> list[dict[str, Any]]:
+    data = store.get(key)
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as error:
+        raise ValueError(f"{store.url(key)} is not valid UTF-8: {error}") from None
+    records = []
+    for number, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as error:
+            raise ValueError(f"{store.url(key)} line {number}: invalid JSON: {error}") from None
+        if not isinstance(record, dict):
+            raise ValueError(
+                f"{store.url(key)} line {number}: expected a JSON object, "
+                f"got {type(record).__name__}"
+            )
+        records.append(record)
+    return records

@@ -1,0 +1,18 @@
+from __future__ import annotations
+
+from prefect import task
+from prefect.cache_policies import NO_CACHE
+
+from activeflow.ingest import IngestReport, ingest_images
+from activeflow.pool import Split
+from activeflow.settings import Settings
+from activeflow.sources import iter_source
+from activeflow.store import open_store
+
+
+@task(name="ingest-source", task_run_name="ingest {source}", cache_policy=NO_CACHE)
+def ingest_source(source: str, split: Split, settings: Settings) -> IngestReport:
+    images = iter_source(source, labelled=split != "pool", storage=settings.storage)
+    return ingest_images(
+        open_store(settings.storage), images, split=split, classes=settings.data.classes
+    )

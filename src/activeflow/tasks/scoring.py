@@ -1,0 +1,34 @@
+from __future__ import annotations
+
+from prefect import task
+from prefect.cache_policies import NO_CACHE
+
+from activeflow import scoring
+from activeflow.pool import load_state
+from activeflow.settings import Settings
+from activeflow.store import open_store
+
+
+@task(name="plan-scoring", cache_policy=NO_CACHE)
+def plan_scoring(settings: Settings) -> scoring.ScoringPlan:
+    state = load_state(open_store(settings.storage))
+    return scoring.plan_scoring(state, settings.scoring.shard_size)
+
+
+@task(
+    name="score-shard",
+    task_run_name="score shard {shard_index} with {model_version}",
+    cache_policy=NO_CACHE,
+    retries=2,
+    retry_delay_seconds=2,
+)
+def score_shard(
+    settings: Settings, model_version: str, run_id: str, shard_index: int, keys: list[str]
+) -> int:
+    store = open_store(settings.storage)
+    return scoring.score_shard(store, settings, model_version, run_id, shard_index, keys)
+
+
+@task(name="commit-scores", cache_policy=NO_CACHE)
+def commit_scores(settings: Settings, plan: scoring.ScoringPlan, scored: int) -> None:
+    scoring.commit_scores(open_store(settings.storage), plan, scored)

@@ -1,0 +1,20 @@
+from __future__ import annotations
+
+from prefect import task
+from prefect.cache_policies import NO_CACHE
+
+from activeflow import simulation
+from activeflow.pool import BatchManifest, manifest_key
+from activeflow.settings import Settings
+from activeflow.store import get_json, open_store
+
+
+@task(name="load-ground-truth", task_run_name="ground truth from {folder}", cache_policy=NO_CACHE)
+def load_ground_truth(folder: str) -> dict[str, str]:
+    return simulation.ground_truth(folder)
+
+
+@task(name="oracle-answers", task_run_name="oracle answers {batch_id}", cache_policy=NO_CACHE)
+def oracle_answers(settings: Settings, batch_id: str, truth: dict[str, str]) -> bytes:
+    manifest = BatchManifest.model_validate(get_json(open_store(settings.storage), manifest_key(batch_id)))
+    return simulation.oracle_answers(manifest, truth)

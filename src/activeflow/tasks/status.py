@@ -1,0 +1,13 @@
+from __future__ import annotations
+
+from prefect import task
+from prefect.cache_policies import NO_CACHE
+
+from activeflow.pool import load_state
+from activeflow.settings import Settings
+from activeflow.store import open_store
+
+
+@task(name="pool-status", cache_policy=NO_CACHE)
+def pool_status(settings: Settings) -> dict[str, object]:
+    return load_state(open_store(settings.storage)).summary(settings.budget.total)

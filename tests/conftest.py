@@ -1,0 +1,48 @@
+"""Shared fixtures. Servers are real and start once per session (see DESIGN.md)."""
+
+from __future__ import annotations
+
+import itertools
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from s3_server import DUMMY_CREDENTIALS, s3_client, start_seaweedfs
+
+from activeflow.settings import StorageSettings
+
+_bucket_numbers = itertools.count()
+
+
+@pytest.fixture(scope="session")
+def s3_endpoint(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """URL of a SeaweedFS S3 gateway started for this session; dummy AWS credentials
+    (it accepts any) and no AWS config files are in effect while it runs."""
+    with pytest.MonkeyPatch.context() as env:
+        for name, value in DUMMY_CREDENTIALS.items():
+            env.setenv(name, value)
+        for name in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3"):
+            env.delenv(name, raising=False)
+        missing = tmp_path_factory.getbasetemp() / "no-aws-config"
+        env.setenv("AWS_CONFIG_FILE", str(missing))
+        env.setenv("AWS_SHARED_CREDENTIALS_FILE", str(missing))
+        server = start_seaweedfs(Path(tmp_path_factory.mktemp("seaweedfs")))
+        try:
+            yield server.endpoint
+        finally:
+            server.stop()
+
+
+@pytest.fixture
+def s3_storage(s3_endpoint: str) -> Iterator[StorageSettings]:
+    """Storage settings for a fresh, empty bucket (deleted afterwards with its objects)."""
+    bucket = f"test-{next(_bucket_numbers):04d}-{uuid.uuid4().hex[:8]}"
+    client = s3_client(s3_endpoint)
+    client.create_bucket(Bucket=bucket)
+    yield StorageSettings(uri=f"s3://{bucket}/some/prefix", endpoint_url=s3_endpoint, region="us-east-1")
+    # SeaweedFS deletes a non-empty bucket with its objects (and frees its volume).
+    try:
+        client.delete_bucket(Bucket=bucket)
+    except client.exceptions.NoSuchBucket:
+        pass

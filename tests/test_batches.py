@@ -1,0 +1,135 @@
+"""Export: budget caps, strategy ranking over stored scores, queued samples, the files."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+
+import numpy as np
+import pytest
+from images import write_image
+
+from activeflow import scoring
+from activeflow.batches import export_batch
+from activeflow.ingest import ingest_images
+from activeflow.pool import Promotion, load_state, promotion_key
+from activeflow.scoring import ScoringError
+from activeflow.settings import load_settings
+from activeflow.sources import iter_source
+from activeflow.store import LocalStore, put_json_if_absent
+
+CLASSES = ["cat", "dog", "bird"]
+
+
+@pytest.fixture
+def store(tmp_path):
+    for n in range(10):
+        write_image(tmp_path / "in" / f"{n}.png", n)
+    store = LocalStore(tmp_path / "store")
+    ingest_images(store, iter_source(str(tmp_path / "in"), labelled=False))
+    return store
+
+
+def settings_for(store, **budget):
+    return load_settings(
+        storage={"uri": store.uri}, data={"classes": CLASSES}, budget={"per_run": 4, **budget}
+    )
+
+
+def test_cold_start_is_a_seeded_random_batch_within_the_per_run_budget(store):
+    result = export_batch(store, settings_for(store))
+    assert result.size == 4
+    manifest = load_state(store).batches[result.batch_id]
+    assert manifest.strategy == "random-cold-start" and manifest.model_version is None
+    # The same seed on an identical store picks the same samples.
+    twin = LocalStore(store.root.parent / "twin")
+    for key in store.list("ingests/"):
+        twin.put(key, store.get(key))
+    twin_result = export_batch(twin, settings_for(twin))
+    assert load_state(twin).batches[twin_result.batch_id].sample_ids == manifest.sample_ids
+
+
+def test_exported_samples_are_queued_and_never_selected_again(store):
+    settings = settings_for(store)
+    batches = [export_batch(store, settings) for _ in range(3)]
+    assert [b.size for b in batches] == [4, 4, 2]  # the pool has 10
+    state = load_state(store)
+    chosen = [sid for b in batches for sid in state.batches[b.batch_id].sample_ids]
+    assert len(chosen) == len(set(chosen)) == 10
+    assert state.unlabelled == [] and len(state.queued) == 10
+    empty = export_batch(store, settings)
+    assert (empty.batch_id, empty.size, empty.reason) == (None, 0, "no unlabelled samples left in the pool")
+
+
+def test_total_budget_caps_what_remains(store):
+    settings = settings_for(store, total=6)
+    assert [export_batch(store, settings).size for _ in range(3)] == [4, 2, 0]
+    state = load_state(store)
+    assert state.budget_spent == 6 and state.budget_remaining(6) == 0
+    assert export_batch(store, settings).reason == "total budget of 6 labels is spent"
+    assert len(state.batches) == 2  # the empty exports wrote nothing
+
+
+def _champion_with_scores(store, probs_by_rank):
+    """A champion and one complete scoring run whose probabilities the test chooses."""
+    state = load_state(store)
+    version = "m-test"
+    put_json_if_absent(
+        store,
+        promotion_key(1),
+        Promotion(sequence=1, version=version, accuracy=0.5, previous=None, promoted_at="now").model_dump(),
+    )
+    ids = state.unlabelled
+    table = scoring.scores_table(ids, np.array(probs_by_rank(len(ids))), CLASSES)
+    import pyarrow.parquet as pq
+
+    buffer = io.BytesIO()
+    pq.write_table(table, buffer)
+    store.put(f"scores/{version}/s1/part-00000.parquet", buffer.getvalue())
+    plan = scoring.ScoringPlan(run_id="s1", model_version=version, shards=[ids])
+    scoring.commit_scores(store, plan, len(ids))
+    return ids
+
+
+def test_margin_picks_the_most_confused_samples_in_order(store):
+    def gapped(n):  # sample i: top-2 gap 0.9 - 0.09 i, so later samples are more confused
+        rows = []
+        for i in range(n):
+            gap = 0.9 - 0.09 * i
+            top = (1 + gap) / 2 - 0.005
+            rows.append([top, top - gap, 1 - (2 * top - gap)])
+        return rows
+
+    ids = _champion_with_scores(store, gapped)
+    result = export_batch(store, load_settings(
+        storage={"uri": store.uri}, data={"classes": CLASSES},
+        budget={"per_run": 3}, strategy={"name": "margin"}))
+    manifest = load_state(store).batches[result.batch_id]
+    assert manifest.sample_ids == [ids[9], ids[8], ids[7]]
+    assert manifest.strategy == "margin" and manifest.model_version == "m-test"
+    assert manifest.items[0].predicted == "cat"
+    assert manifest.items[0].score == pytest.approx(1 - (0.9 - 0.09 * 9))
+
+
+def test_export_without_a_scoring_run_for_the_champion_says_what_to_do(store):
+    put_json_if_absent(store, promotion_key(1), Promotion(
+        sequence=1, version="m-x", accuracy=0.5, previous=None, promoted_at="now").model_dump())
+    before = store.list()
+    with pytest.raises(ScoringError, match="no complete scoring run for champion m-x: run `activeflow score`"):
+        export_batch(store, settings_for(store))
+    assert store.list() == before
+
+
+def test_batch_files_for_labellers(store):
+    result = export_batch(store, settings_for(store))
+    state = load_state(store)
+    manifest = state.batches[result.batch_id]
+    tasks = json.loads(store.get(f"batches/{result.batch_id}/tasks.json"))
+    assert [t["data"]["sample_id"] for t in tasks] == manifest.sample_ids
+    assert all(t["data"]["image"].startswith("file://") for t in tasks)
+    rows = list(csv.DictReader(io.StringIO(store.get(f"batches/{result.batch_id}/tasks.csv").decode())))
+    assert [r["id"] for r in rows] == manifest.sample_ids
+    assert list(rows[0]) == ["id", "image", "predicted", "score"]
+    assert set(result.files) == {"label_studio", "csv"}
+    assert result.files["csv"].endswith(f"batches/{result.batch_id}/tasks.csv")

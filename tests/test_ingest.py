@@ -1,0 +1,155 @@
+"""Ingest: content addressing, dedup, quarantine, labelled layouts, S3 and tfds sources."""
+
+from __future__ import annotations
+
+import io
+
+import pytest
+from images import write_image, write_labelled_tree
+
+from activeflow.ingest import content_id, ingest_images
+from activeflow.pool import load_state
+from activeflow.sources import SourceError, iter_source
+from activeflow.store import LocalStore, get_json, open_store
+
+
+@pytest.fixture
+def store(tmp_path):
+    return LocalStore(tmp_path / "store")
+
+
+def ingest(store, source, split="pool", classes=()):
+    return ingest_images(
+        store, iter_source(str(source), labelled=split != "pool"), split=split, classes=classes
+    )
+
+
+def test_new_images_are_stored_under_their_content_hash(store, tmp_path):
+    image = write_image(tmp_path / "in" / "a.png", 1)
+    write_image(tmp_path / "in" / "b.jpg", 2, fmt="JPEG")
+
+    report = ingest(store, tmp_path / "in")
+
+    assert (report.new, report.duplicate, report.quarantined) == (2, 0, 0)
+    sample_id = content_id(image.read_bytes())
+    assert store.get(f"samples/{sample_id[:2]}/{sample_id}.png") == image.read_bytes()
+    assert sorted(r.ext for r in load_state(store).samples.values()) == ["jpg", "png"]
+    assert len(load_state(store).unlabelled) == 2
+
+
+def test_rerun_and_duplicate_bytes_add_nothing(store, tmp_path):
+    write_image(tmp_path / "in" / "a.png", 1)
+    (tmp_path / "in" / "copy-of-a.png").write_bytes((tmp_path / "in" / "a.png").read_bytes())
+    first = ingest(store, tmp_path / "in")
+    assert (first.new, first.duplicate) == (1, 1)
+    keys_before = store.list()
+
+    again = ingest(store, tmp_path / "in")
+
+    assert (again.new, again.duplicate, again.quarantined) == (0, 2, 0)
+    assert store.list() == keys_before  # not even an empty ingest record
+
+
+def test_unreadable_inputs_go_to_quarantine_with_the_reason(store, tmp_path):
+    write_image(tmp_path / "in" / "good.png", 1)
+    (tmp_path / "in" / "notes.txt").write_text("not an image")
+    (tmp_path / "in" / "empty.png").write_bytes(b"")
+    write_image(tmp_path / "full.png", 2, size=64)
+    (tmp_path / "in" / "truncated.png").write_bytes((tmp_path / "full.png").read_bytes()[:200])
+
+    report = ingest(store, tmp_path / "in")
+
+    assert (report.new, report.quarantined) == (1, 3)
+    reasons = {get_json(store, k)["source"].rsplit("/", 1)[-1]: get_json(store, k)["reason"]
+               for k in store.list("quarantine/") if k.endswith(".json")}
+    assert reasons["notes.txt"] == "not an image PIL can identify"
+    assert reasons["empty.png"] == "empty file"
+    assert reasons["truncated.png"].startswith("image cannot be decoded")
+    assert load_state(store).quarantined == 3
+    assert len(load_state(store).samples) == 1  # quarantined inputs never enter the pool
+
+
+def test_labelled_folder_keeps_labels_for_train_and_test(store, tmp_path):
+    write_labelled_tree(tmp_path / "train", {"cat": 2, "dog": 3})
+    write_labelled_tree(tmp_path / "test", {"cat": 1, "dog": 1}, first_seed=100)
+
+    ingest(store, tmp_path / "train", split="train", classes=["cat", "dog"])
+    ingest(store, tmp_path / "test", split="test", classes=["cat", "dog"])
+
+    state = load_state(store)
+    assert sorted(state.labelled.values()) == ["cat", "cat", "dog", "dog", "dog"]
+    assert sorted(state.test.values()) == ["cat", "dog"]
+    assert state.unlabelled == []
+
+
+def test_label_outside_the_configured_classes_is_quarantined(store, tmp_path):
+    write_labelled_tree(tmp_path / "train", {"cat": 1, "horse": 1})
+    report = ingest(store, tmp_path / "train", split="train", classes=["cat", "dog"])
+    assert (report.new, report.quarantined) == (1, 1)
+    assert "class 'horse' is not one of data.classes ['cat', 'dog']" in report.quarantine_reasons[0]
+
+
+def test_labelled_source_must_be_class_slash_image(store, tmp_path):
+    write_image(tmp_path / "flat" / "a.png", 1)
+    with pytest.raises(SourceError, match="must be laid out as <class>/<image>; found 'a.png'"):
+        ingest(store, tmp_path / "flat", split="train")
+    assert store.list() == []
+
+
+def test_missing_source_folder_is_named(store, tmp_path):
+    with pytest.raises(SourceError, match="nowhere does not exist"):
+        ingest(store, tmp_path / "nowhere")
+    assert store.list() == []
+
+
+@pytest.mark.s3
+def test_ingest_from_an_s3_prefix_into_an_s3_store(s3_storage):
+    store = open_store(s3_storage)
+    inbox = open_store(s3_storage.model_copy(update={"uri": s3_storage.uri + "-inbox"}))
+    write_image_bytes = [_png(seed) for seed in range(3)]
+    for n, data in enumerate(write_image_bytes):
+        inbox.put(f"cat/{n}.png", data)
+
+    images = iter_source(inbox.uri, labelled=True, storage=s3_storage)
+    report = ingest_images(store, images, split="train", classes=["cat"])
+
+    assert report.new == 3
+    assert sorted(load_state(store).labelled.values()) == ["cat"] * 3
+    assert all(k.startswith(("samples/", "ingests/")) for k in store.list())
+
+
+def test_tfds_image_folder_source(store, tmp_path):
+    write_labelled_tree(tmp_path / "tree" / "train", {"cat": 2, "dog": 2})
+    write_labelled_tree(tmp_path / "tree" / "test", {"cat": 1, "dog": 1}, first_seed=50)
+
+    train = ingest_images(
+        store, iter_source(f"tfds:{tmp_path / 'tree'}/train", labelled=True), split="train"
+    )
+    test = ingest_images(
+        store, iter_source(f"tfds:{tmp_path / 'tree'}/test", labelled=True), split="test"
+    )
+
+    assert (train.new, test.new) == (4, 2)
+    state = load_state(store)
+    assert sorted(state.labelled.values()) == ["cat", "cat", "dog", "dog"]
+    assert sorted(state.test.values()) == ["cat", "dog"]
+    # tfds decodes and activeflow re-encodes PNG: the same example twice is still one sample.
+    again = ingest_images(store, iter_source(f"tfds:{tmp_path / 'tree'}/train", labelled=True), split="train")
+    assert (again.new, again.duplicate) == (0, 4)
+
+
+def test_unknown_tfds_split_is_named(store, tmp_path):
+    write_labelled_tree(tmp_path / "tree" / "train", {"cat": 1, "dog": 1})
+    with pytest.raises(SourceError, match="no split 'validation'"):
+        list(iter_source(f"tfds:{tmp_path / 'tree'}/validation", labelled=True))
+
+
+def _png(seed: int) -> bytes:
+    import numpy as np
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.fromarray(np.random.default_rng(seed).integers(0, 256, (8, 8, 3), dtype=np.uint8)).save(
+        buffer, format="PNG"
+    )
+    return buffer.getvalue()

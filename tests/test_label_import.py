@@ -1,0 +1,138 @@
+"""Importing labels: every refused file writes nothing; the same file twice changes nothing."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from images import write_image
+
+from activeflow.batches import export_batch
+from activeflow.ingest import ingest_images
+from activeflow.label_import import import_labels
+from activeflow.labelling import LabelFileError
+from activeflow.pool import load_state
+from activeflow.settings import load_settings
+from activeflow.sources import iter_source
+from activeflow.store import LocalStore
+
+CLASSES = ["cat", "dog"]
+
+
+@pytest.fixture
+def batch(tmp_path):
+    """A store with 6 pool samples, 3 of them in an exported batch."""
+    for n in range(6):
+        write_image(tmp_path / "in" / f"{n}.png", n)
+    store = LocalStore(tmp_path / "store")
+    ingest_images(store, iter_source(str(tmp_path / "in"), labelled=False))
+    settings = load_settings(storage={"uri": store.uri}, data={"classes": CLASSES}, budget={"per_run": 3})
+    result = export_batch(store, settings)
+    state = load_state(store)
+    in_batch = state.batches[result.batch_id].sample_ids
+    outside = [sid for sid in state.samples if sid not in in_batch]
+    return store, settings, result.batch_id, in_batch, outside
+
+
+def run_import(store, settings, batch_id, name, text):
+    return import_labels(store, load_state(store), settings, batch_id, name, text.encode())
+
+
+def csv_of(rows):
+    return "id,label\n" + "".join(f"{sid},{label}\n" for sid, label in rows)
+
+
+def test_csv_import_labels_the_batch_and_closes_it(batch):
+    store, settings, batch_id, ids, _ = batch
+    report = run_import(store, settings, batch_id, "done.csv", csv_of(zip(ids, ["cat", "dog", "cat"])))
+    assert (report.imported, report.unlabelled, report.already_imported) == (3, [], False)
+    state = load_state(store)
+    assert {sid: state.labelled[sid] for sid in ids} == dict(zip(ids, ["cat", "dog", "cat"]))
+    assert state.queued == set() and batch_id not in state.open_batches
+    assert len(state.unlabelled) == 3
+
+
+def test_label_studio_json_export_is_accepted(batch):
+    store, settings, batch_id, ids, _ = batch
+    tasks = json.loads(store.get(f"batches/{batch_id}/tasks.json"))
+    export = [
+        {
+            "id": n + 1,
+            "data": task["data"],
+            "annotations": [
+                {"id": 10 + n, "was_cancelled": False, "ground_truth": False,
+                 "result": [{"id": "r", "type": "choices", "from_name": "label", "to_name": "image",
+                             "origin": "manual", "value": {"choices": ["dog"]}}]}
+            ],
+            "predictions": [],
+        }
+        for n, task in enumerate(tasks)
+    ]
+    report = run_import(store, settings, batch_id, "project-1.json", json.dumps(export))
+    assert report.imported == 3
+    assert [load_state(store).labelled[sid] for sid in ids] == ["dog"] * 3
+
+
+def test_importing_the_same_file_again_changes_nothing(batch):
+    store, settings, batch_id, ids, _ = batch
+    text = csv_of(zip(ids, ["cat", "dog", "cat"]))
+    run_import(store, settings, batch_id, "done.csv", text)
+    keys = {k: store.get(k) for k in store.list()}
+
+    again = run_import(store, settings, batch_id, "done.csv", text)
+
+    assert (again.imported, again.already_imported) == (0, True)
+    assert {k: store.get(k) for k in store.list()} == keys
+
+
+def test_a_changed_label_for_an_imported_batch_is_refused(batch):
+    store, settings, batch_id, ids, _ = batch
+    run_import(store, settings, batch_id, "done.csv", csv_of(zip(ids, ["cat", "dog", "cat"])))
+    keys = {k: store.get(k) for k in store.list()}
+    with pytest.raises(LabelFileError, match="already has imported labels.*would change from 'cat' to 'dog'"):
+        run_import(store, settings, batch_id, "redo.csv", csv_of(zip(ids, ["dog", "dog", "cat"])))
+    assert {k: store.get(k) for k in store.list()} == keys
+
+
+@pytest.mark.parametrize(
+    ("case", "message"),
+    [
+        ("unknown id", r"bad.csv, line 2: unknown sample id 'f{64}'"),
+        ("not in batch", r"bad.csv, line 2: .*not in this batch"),
+        ("unknown class", r"bad.csv, line 3: class 'horse' is not one of the configured classes"),
+        ("conflict", r"bad.csv, line 3: conflicting labels .*'cat' \(line 2\) vs 'dog' \(line 3\)"),
+        ("malformed", r"bad.csv.*(id|label)"),
+        ("empty", r"bad.csv.*empty"),
+    ],
+)
+def test_bad_label_files_are_refused_whole_and_write_nothing(batch, case, message):
+    store, settings, batch_id, ids, outside = batch
+    text = {
+        "unknown id": csv_of([("f" * 64, "cat"), (ids[0], "cat")]),
+        "not in batch": csv_of([(outside[0], "cat"), (ids[0], "cat")]),
+        "unknown class": csv_of([(ids[0], "cat"), (ids[1], "horse")]),
+        "conflict": csv_of([(ids[0], "cat"), (ids[0], "dog")]),
+        "malformed": "sample,class\nx,y\n",
+        "empty": "",
+    }[case]
+    keys_before = store.list()
+    with pytest.raises(LabelFileError, match=message) as refused:
+        run_import(store, settings, batch_id, "bad.csv", text)
+    assert refused.value.file == "bad.csv"
+    assert store.list() == keys_before
+    assert batch_id in load_state(store).open_batches
+
+
+def test_unknown_batch_is_refused(batch):
+    store, settings, _, ids, _ = batch
+    with pytest.raises(LabelFileError, match="batch 'b-nope' does not exist"):
+        run_import(store, settings, "b-nope", "x.csv", csv_of([(ids[0], "cat")]))
+    assert not store.list("labels/")
+
+
+def test_tasks_without_labels_leave_the_batch_open(batch):
+    store, settings, batch_id, ids, _ = batch
+    report = run_import(store, settings, batch_id, "partial.csv", f"id,label\n{ids[0]},\n")
+    assert (report.imported, report.unlabelled) == (0, [ids[0]])
+    assert batch_id in load_state(store).open_batches
+    assert not store.list("labels/")
