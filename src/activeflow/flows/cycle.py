@@ -1,13 +1,14 @@
 from __future__ import annotations
 
 from prefect import flow
+from prefect.task_runners import ThreadPoolTaskRunner
 from pydantic import BaseModel
 
 from activeflow.batches import ExportResult
-from activeflow.flows.export_batch import export_batch_flow
-from activeflow.flows.retrain import retrain_flow
-from activeflow.flows.score import score_flow
+from activeflow.flows.retrain import retrain_model
+from activeflow.flows.score import SCORING_WORKERS, score_pool
 from activeflow.settings import Settings, load_settings
+from activeflow.tasks.batches import export_batch
 from activeflow.tasks.labels import import_label_bytes
 from activeflow.tasks.simulation import load_ground_truth, oracle_answers
 from activeflow.tasks.status import pool_status
@@ -20,7 +21,22 @@ class RoundResult(BaseModel):
     retrain: PromotionDecision | None = None
 
 
-@flow(name="cycle")
+def run_round(settings: Settings, number: int, truth: dict[str, str] | None) -> RoundResult:
+    """score -> export-batch, then with ground truth: oracle answers -> import -> retrain.
+
+    Composes tasks (a subflow per step would cost a second each); call inside a flow."""
+    if pool_status(settings)["champion"] is not None:
+        score_pool(settings)
+    result = RoundResult(round=number, batch=export_batch(settings))
+    if truth is not None and result.batch.batch_id is not None:
+        batch_id = result.batch.batch_id
+        answers = oracle_answers(settings, batch_id, truth)
+        import_label_bytes(settings, batch_id, f"oracle-{batch_id}.csv", answers)
+        result.retrain = retrain_model(settings)
+    return result
+
+
+@flow(name="cycle", task_runner=ThreadPoolTaskRunner(max_workers=SCORING_WORKERS))
 def cycle_flow(
     settings: Settings | None = None,
     simulate: bool = False,
@@ -32,19 +48,10 @@ def cycle_flow(
     settings = settings or load_settings()
     if simulate and not oracle:
         raise ValueError("simulate needs oracle: a folder laid out as <class>/<image>")
-    truth = load_ground_truth(oracle) if simulate else {}
+    truth = load_ground_truth(oracle) if simulate else None
     results: list[RoundResult] = []
     for number in range(1, rounds + 1):
-        if pool_status(settings)["champion"] is not None:
-            score_flow(settings)
-        batch = export_batch_flow(settings)
-        result = RoundResult(round=number, batch=batch)
-        results.append(result)
-        if batch.batch_id is None:
+        results.append(run_round(settings, number, truth))
+        if results[-1].batch.batch_id is None:
             break  # budget spent or pool empty
-        if not simulate:
-            continue
-        answers = oracle_answers(settings, batch.batch_id, truth)
-        import_label_bytes(settings, batch.batch_id, f"oracle-{batch.batch_id}.csv", answers)
-        result.retrain = retrain_flow(settings)
     return results

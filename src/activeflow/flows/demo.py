@@ -4,14 +4,17 @@ from pathlib import Path
 
 from prefect import flow, task
 from prefect.cache_policies import NO_CACHE
+from prefect.task_runners import ThreadPoolTaskRunner
 from pydantic import BaseModel
 
-from activeflow.demo_data import DemoData, write_digits
-from activeflow.flows.cycle import cycle_flow
-from activeflow.flows.ingest import ingest_flow
-from activeflow.flows.retrain import retrain_flow
+from activeflow.demo_data import DemoData, prepare_demo_folder, write_digits
+from activeflow.flows.cycle import run_round
+from activeflow.flows.retrain import retrain_model
+from activeflow.flows.score import SCORING_WORKERS
 from activeflow.reporting import CurvePoint, round_table, write_report
 from activeflow.settings import Settings, StrategyName
+from activeflow.tasks.ingest import ingest_source
+from activeflow.tasks.simulation import load_ground_truth
 from activeflow.training import PromotionDecision
 
 
@@ -23,6 +26,7 @@ class DemoResult(BaseModel):
 
 @task(name="write-demo-data", cache_policy=NO_CACHE)
 def write_demo_data(out: str, rounds: int, seed: int) -> DemoData:
+    prepare_demo_folder(Path(out))
     return write_digits(Path(out) / "data", arrivals=rounds, seed=seed)
 
 
@@ -37,7 +41,7 @@ def _point(strategy: str, number: int, decision: PromotionDecision) -> CurvePoin
     )
 
 
-@flow(name="demo")
+@flow(name="demo", task_runner=ThreadPoolTaskRunner(max_workers=SCORING_WORKERS))
 def demo_flow(
     settings: Settings,
     out: str = "activeflow-demo",
@@ -48,6 +52,7 @@ def demo_flow(
 
     ``settings`` gives model and budget; each strategy gets its own store under ``out``."""
     data = write_demo_data(out, rounds, settings.strategy.seed)
+    truth = load_ground_truth(str(data.truth))
     points: list[CurvePoint] = []
     for strategy in strategies:
         run = settings.model_copy(
@@ -57,13 +62,12 @@ def demo_flow(
                 "data": settings.data.model_copy(update={"classes": data.classes}),
             }
         )
-        ingest_flow(str(data.test), split="test", settings=run)
-        ingest_flow(str(data.seed), split="train", settings=run)
-        seed_model = retrain_flow(run)
-        points.append(_point(strategy, 0, seed_model))
+        ingest_source(str(data.test), "test", run)
+        ingest_source(str(data.seed), "train", run)
+        points.append(_point(strategy, 0, retrain_model(run)))
         for number, arrival in enumerate(data.arrivals, start=1):
-            ingest_flow(str(arrival), settings=run)
-            (result,) = cycle_flow(run, simulate=True, oracle=str(data.truth), rounds=1)
+            ingest_source(str(arrival), "pool", run)
+            result = run_round(run, number, truth)
             if result.retrain is None:
                 break  # budget spent or pool empty
             points.append(_point(strategy, number, result.retrain))

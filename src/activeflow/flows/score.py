@@ -7,12 +7,12 @@ from activeflow.scoring import ScoringPlan
 from activeflow.settings import Settings, load_settings
 from activeflow.tasks.scoring import commit_scores, plan_scoring, score_shard
 
+# Bounded: Prefect's default thread pool is not, and every shard in flight holds its images.
+SCORING_WORKERS = 2
 
-# Bounded: Prefect's default thread pool is not, and every shard holds its images.
-@flow(name="score", task_runner=ThreadPoolTaskRunner(max_workers=2))
-def score_flow(settings: Settings | None = None) -> ScoringPlan:
-    """Score every unlabelled, unqueued sample with the champion, shard by shard."""
-    settings = settings or load_settings()
+
+def score_pool(settings: Settings) -> ScoringPlan:
+    """Plan shards, score them concurrently, commit the run. Call inside a flow."""
     plan = plan_scoring(settings)
     counts = score_shard.map(
         unmapped(settings),
@@ -23,3 +23,9 @@ def score_flow(settings: Settings | None = None) -> ScoringPlan:
     ).result()
     commit_scores(settings, plan, sum(counts))
     return plan
+
+
+@flow(name="score", task_runner=ThreadPoolTaskRunner(max_workers=SCORING_WORKERS))
+def score_flow(settings: Settings | None = None) -> ScoringPlan:
+    """Score every unlabelled, unqueued sample with the champion, shard by shard."""
+    return score_pool(settings or load_settings())

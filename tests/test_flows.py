@@ -1,0 +1,130 @@
+"""One whole active-learning cycle through the Prefect flows, on a tiny model."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import pytest
+
+from activeflow.demo_data import write_digits
+from activeflow.flows.cycle import cycle_flow
+from activeflow.flows.export_batch import export_batch_flow
+from activeflow.flows.import_labels import import_labels_flow
+from activeflow.flows.ingest import ingest_flow
+from activeflow.flows.retrain import retrain_flow
+from activeflow.flows.score import score_flow
+from activeflow.pool import load_state
+from activeflow.scoring import latest_scores
+from activeflow.settings import load_settings
+from activeflow.simulation import ground_truth
+from activeflow.store import open_store
+
+pytestmark = pytest.mark.usefixtures("prefect_harness")
+
+TINY_MODEL = {"image_size": 8, "head_epochs": 2, "finetune_epochs": 1, "batch_size": 64}
+
+
+@pytest.fixture(scope="module")
+def digits(tmp_path_factory):
+    return write_digits(tmp_path_factory.mktemp("digits"), arrivals=2, test_size=100)
+
+
+def settings_for(store_uri, classes, **extra):
+    return load_settings(
+        storage={"uri": str(store_uri)},
+        data={"classes": classes},
+        model=TINY_MODEL,
+        scoring={"shard_size": 200},
+        **extra,
+    )
+
+
+def test_one_full_cycle_through_the_flows(tmp_path, digits):
+    settings = settings_for(tmp_path / "store", digits.classes, budget={"per_run": 15, "total": 40})
+    store = open_store(settings.storage)
+
+    assert ingest_flow(str(digits.test), split="test", settings=settings).new == 100
+    assert ingest_flow(str(digits.seed), split="train", settings=settings).new == 20
+    pool = ingest_flow(str(digits.arrivals[0]), settings=settings)
+    assert pool.new > 500 and pool.quarantined == 0
+
+    first = retrain_flow(settings)
+    assert first.promoted and first.labels_used == 20
+
+    plan = score_flow(settings)
+    scores = latest_scores(store, first.version)
+    assert plan.model_version == first.version
+    assert scores.num_rows == pool.new == plan.total  # every unlabelled sample, across shards
+    assert len(plan.shards) == -(-pool.new // 200)
+
+    batch = export_batch_flow(settings)
+    assert batch.size == 15
+    state = load_state(store)
+    manifest = state.batches[batch.batch_id]
+    assert manifest.strategy == "margin" and manifest.model_version == first.version
+    assert len(state.queued) == 15 and state.budget_spent == 15
+
+    # The labellers answer with a CSV export.
+    truth = ground_truth(digits.truth)
+    answer = tmp_path / "labels.csv"
+    with answer.open("w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["id", "label"])
+        writer.writerows([sid, truth[sid]] for sid in manifest.sample_ids)
+    report = import_labels_flow(batch.batch_id, str(answer), settings=settings)
+    assert report.imported == 15
+    assert import_labels_flow(batch.batch_id, str(answer), settings=settings).already_imported
+
+    second = retrain_flow(settings)
+    assert second.labels_used == 35
+    assert second.promoted == (second.accuracy >= first.accuracy)
+    assert load_state(store).summary(40) == {
+        "unlabelled": pool.new - 15,
+        "queued": 0,
+        "labelled": 35,
+        "test": 100,
+        "quarantined": 0,
+        "budget_spent": 15,
+        "budget_remaining": 25,
+        "champion": second.version if second.promoted else first.version,
+    }
+
+
+def test_simulated_cycle_runs_rounds_until_the_total_budget_is_spent(tmp_path, digits):
+    settings = settings_for(tmp_path / "store", digits.classes, budget={"per_run": 10, "total": 25})
+    ingest_flow(str(digits.test), split="test", settings=settings)
+    ingest_flow(str(digits.arrivals[1]), settings=settings)
+
+    # No champion yet: the first round is a random cold start, then retraining needs labels.
+    rounds = cycle_flow(settings, simulate=True, oracle=str(digits.truth), rounds=5)
+
+    assert [r.batch.size for r in rounds] == [10, 10, 5, 0]
+    assert rounds[0].retrain is not None and rounds[0].retrain.labels_used == 10
+    assert [r.retrain.labels_used for r in rounds[:3]] == [10, 20, 25]
+    assert rounds[-1].batch.reason == "total budget of 25 labels is spent"
+    state = load_state(open_store(settings.storage))
+    assert len(state.labelled) == 25 and state.queued == set()
+
+
+def test_cycle_simulate_without_an_oracle_is_refused(tmp_path):
+    settings = settings_for(tmp_path / "store", ["a", "b"])
+    with pytest.raises(ValueError, match="simulate needs oracle"):
+        cycle_flow(settings, simulate=True)
+    assert not Path(tmp_path / "store").exists()
+
+
+def test_flows_run_on_an_s3_store(s3_storage, digits, tmp_path):
+    settings = load_settings(
+        storage=s3_storage.model_dump(), data={"classes": digits.classes}, model=TINY_MODEL,
+        budget={"per_run": 5},
+    )
+    ingest_flow(str(digits.test), split="test", settings=settings)
+    ingest_flow(str(digits.seed), split="train", settings=settings)
+    ingest_flow(str(digits.arrivals[1]), settings=settings)
+    retrain_flow(settings)
+    rounds = cycle_flow(settings, simulate=True, oracle=str(digits.truth), rounds=1)
+    assert rounds[0].batch.size == 5 and rounds[0].retrain.labels_used == 25
+    store = open_store(settings.storage)
+    assert rounds[0].batch.files["csv"].startswith(s3_storage.uri)
+    assert store.get(rounds[0].batch.files["csv"].removeprefix(s3_storage.uri + "/")).startswith(b"id,image")
