@@ -57,10 +57,37 @@ def s3_storage(s3_endpoint: str, _s3_admin) -> Iterator[StorageSettings]:  # noq
 @pytest.fixture(scope="session")
 def prefect_harness(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
     """One temporary Prefect server (and database) for every flow test of the session."""
+    from prefect.logging.configuration import setup_logging
     from prefect.testing.utilities import prefect_test_harness
 
     with pytest.MonkeyPatch.context() as env:
         env.setenv("PREFECT_HOME", str(tmp_path_factory.mktemp("prefect-home")))
         env.setenv("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+        # Bind Prefect's console handler now, to the session's stream; left to the first
+        # flow run it would bind to that test's capsys stream, closed when the test ends.
+        setup_logging(incremental=False)
         with prefect_test_harness(server_startup_timeout=120):
             yield
+
+
+@pytest.fixture(scope="session")
+def label_studio(tmp_path_factory: pytest.TempPathFactory):  # noqa: ANN201 - see below
+    """A Label Studio server for the session (``label_studio_server.LabelStudioServer``:
+    ``url``, ``token`` a personal access token, ``files_dir``). Skipped when Label Studio
+    is not installed locally; under CI (``CI`` set) or with ``ACTIVEFLOW_LABEL_STUDIO_BIN``
+    naming a missing binary, that is a failure: ``.ci/run`` installs it."""
+    import os
+
+    from label_studio_server import BINARY_ENV, LabelStudioNotInstalled, start_label_studio
+
+    try:
+        server = start_label_studio(tmp_path_factory.mktemp("label-studio"))
+    except LabelStudioNotInstalled as error:
+        in_ci = os.environ.get("CI", "").strip().lower() not in ("", "0", "false", "no")
+        if in_ci or os.environ.get(BINARY_ENV):
+            pytest.fail(f"{error} (.ci/run installs it)", pytrace=False)
+        pytest.skip(str(error))
+    try:
+        yield server
+    finally:
+        server.stop()

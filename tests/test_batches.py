@@ -133,3 +133,12 @@ def test_batch_files_for_labellers(store):
     assert list(rows[0]) == ["id", "image", "predicted", "score"]
     assert set(result.files) == {"label_studio", "csv"}
     assert result.files["csv"].endswith(f"batches/{result.batch_id}/tasks.csv")
+
+
+def test_export_without_classes_is_refused_before_anything_is_written(store):
+    from activeflow.settings import SettingsError
+
+    before = store.list()
+    with pytest.raises(SettingsError, match="data.classes must list at least 2 class names"):
+        export_batch(store, load_settings(storage={"uri": store.uri}))
+    assert store.list() == before

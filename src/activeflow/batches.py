@@ -21,7 +21,7 @@ from activeflow.pool import (
     utc_now,
 )
 from activeflow.scoring import ScoringError, latest_scores
-from activeflow.settings import Settings
+from activeflow.settings import Settings, required_classes
 from activeflow.store import ObjectStore, put_json_if_absent
 
 LABEL_STUDIO_FILE = "tasks.json"
@@ -112,13 +112,16 @@ def write_batch(
         )
         for item in items
     ]
+    files = {
+        LABEL_STUDIO_FILE: labelling.label_studio_tasks(
+            export_items, batch_id=batch_id, model_version=model_version
+        ),
+        CSV_FILE: labelling.batch_csv(export_items),
+        CONFIG_FILE: labelling.label_studio_config(required_classes(settings)).encode(),
+    }
     prefix = f"batches/{batch_id}/"
-    store.put(
-        prefix + LABEL_STUDIO_FILE,
-        labelling.label_studio_tasks(export_items, batch_id=batch_id, model_version=model_version),
-    )
-    store.put(prefix + CSV_FILE, labelling.batch_csv(export_items))
-    store.put(prefix + CONFIG_FILE, labelling.label_studio_config(settings.data.classes).encode())
+    for name, content in files.items():  # all made before any is written
+        store.put(prefix + name, content)
     manifest = BatchManifest(
         batch_id=batch_id,
         created_at=utc_now(),
@@ -152,6 +155,7 @@ def empty_batch_reason(state: PoolState, settings: Settings) -> str:
 
 def export_batch(store: ObjectStore, settings: Settings) -> ExportResult:
     """Select the next batch within budget and write it; an empty selection writes nothing."""
+    required_classes(settings)  # labellers need the class list: refuse before any work
     state = load_state(store)
     items = select_batch(store, state, settings)
     if not items:

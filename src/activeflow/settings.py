@@ -11,7 +11,15 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -107,6 +115,34 @@ class DataSettings(_Group):
         return value
 
 
+class LabelStudioSettings(_Group):
+    url: str | None = Field(
+        None,
+        description="Base URL of a Label Studio server, e.g. http://localhost:8080; None: no Label Studio.",
+    )
+    api_key: SecretStr | None = Field(
+        None,
+        description="Personal access token (Label Studio: Account & Settings > Personal Access Token).",
+    )
+    project_title: str = Field(
+        "activeflow", description="Title of the Label Studio project batches go to; made if missing."
+    )
+
+    @field_validator("url")
+    @classmethod
+    def _http_url(cls, value: str | None) -> str | None:
+        if value is not None and not value.startswith(("http://", "https://")):
+            raise ValueError(f"must start with http:// or https://, got {value!r}")
+        return value
+
+    @field_validator("project_title")
+    @classmethod
+    def _title_not_empty(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError("must not be empty")
+        return value
+
+
 class Settings(BaseSettings):
     """The whole configuration. Groups map to ``ACTIVEFLOW_<GROUP>__<FIELD>``."""
 
@@ -126,6 +162,7 @@ class Settings(BaseSettings):
     model: ModelSettings = Field(default_factory=ModelSettings)
     scoring: ScoringSettings = Field(default_factory=ScoringSettings)
     data: DataSettings = Field(default_factory=DataSettings)
+    label_studio: LabelStudioSettings = Field(default_factory=LabelStudioSettings)
 
     @classmethod
     def settings_customise_sources(
@@ -174,3 +211,13 @@ def describe_validation_error(error: ValidationError) -> str:
         for item in error.errors()
     ]
     return "invalid settings: " + "; ".join(problems)
+
+
+def required_classes(settings: Settings) -> list[str]:
+    """``data.classes``, which training and labelling batches cannot do without."""
+    if len(settings.data.classes) < 2:
+        raise SettingsError(
+            "data.classes must list at least 2 class names (e.g. ACTIVEFLOW_DATA__CLASSES="
+            '\'["cat","dog"]\' or [data] classes = [...] in activeflow.toml)'
+        )
+    return list(settings.data.classes)

@@ -20,7 +20,7 @@ from activeflow.pool import (
     sample_key,
     utc_now,
 )
-from activeflow.settings import Settings
+from activeflow.settings import Settings, required_classes
 from activeflow.store import ObjectStore, get_json, put_json_if_absent
 
 
@@ -49,15 +49,6 @@ class PromotionDecision(BaseModel):
     champion_version: str | None
     champion_accuracy: float | None
     reason: str
-
-
-def required_classes(settings: Settings) -> list[str]:
-    if len(settings.data.classes) < 2:
-        raise TrainingError(
-            "data.classes must list at least 2 class names (e.g. ACTIVEFLOW_DATA__CLASSES="
-            '\'["cat","dog"]\' or [data] classes = [...] in activeflow.toml)'
-        )
-    return list(settings.data.classes)
 
 
 def load_examples(

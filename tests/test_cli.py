@@ -1,0 +1,94 @@
+"""The command line: JSON outputs, settings from flags, and errors a person can act on."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from images import write_image, write_labelled_tree
+
+from activeflow.cli import main
+
+
+def run_cli(capsys, *argv):
+    code = main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_status_json_on_an_empty_store(tmp_path, capsys):
+    code, out, _ = run_cli(capsys, "--store", str(tmp_path / "store"), "status", "--json")
+    assert code == 0
+    assert json.loads(out) == {
+        "unlabelled": 0, "queued": 0, "labelled": 0, "test": 0, "quarantined": 0,
+        "budget_spent": 0, "budget_remaining": None, "champion": None,
+    }
+
+
+def test_status_through_the_installed_entry_point(tmp_path):
+    env_store = tmp_path / "store"
+    result = subprocess.run(
+        [Path(sys.executable).parent / "activeflow", "--store", str(env_store), "status", "--json"],
+        capture_output=True, text=True, check=True,
+    )
+    assert json.loads(result.stdout)["champion"] is None
+
+
+def test_invalid_setting_exits_2_naming_it(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("ACTIVEFLOW_BUDGET__PER_RUN", "0")
+    code, out, err = run_cli(capsys, "--store", str(tmp_path), "status")
+    assert code == 2 and out == ""
+    assert "activeflow status: error: invalid settings: budget.per_run" in err
+
+
+@pytest.mark.usefixtures("prefect_harness")
+def test_ingest_export_and_refused_import_through_the_cli(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("ACTIVEFLOW_DATA__CLASSES", '["cat", "dog"]')
+    store = tmp_path / "store"
+    for n in range(5):
+        write_image(tmp_path / "in" / f"{n}.png", n)
+    (tmp_path / "in" / "broken.png").write_bytes(b"\x89PNG nope")
+    write_labelled_tree(tmp_path / "test", {"cat": 1, "dog": 1}, first_seed=100)
+    base = ["--store", str(store)]
+
+    code, out, _ = run_cli(capsys, *base, "ingest", str(tmp_path / "in"), "--json")
+    assert code == 0
+    assert {k: json.loads(out)[k] for k in ("new", "duplicate", "quarantined")} == {
+        "new": 5, "duplicate": 0, "quarantined": 1,
+    }
+    code, out, _ = run_cli(capsys, *base, "ingest", str(tmp_path / "test"), "--labelled", "--split", "test", "--json")
+    assert json.loads(out)["new"] == 2
+
+    code, out, _ = run_cli(capsys, *base, "export-batch", "--budget", "3", "--json")
+    assert code == 0
+    exported = json.loads(out)
+    assert set(exported) == {"batch_id", "size", "files"} and exported["size"] == 3
+    assert set(exported["files"]) == {"label_studio", "csv"}
+    assert Path(exported["files"]["csv"]).read_text().startswith("id,image,predicted,score")
+
+    bad = tmp_path / "labels.csv"
+    bad.write_text("id,label\nnot-a-sample,cat\n")
+    code, out, err = run_cli(capsys, *base, "import-labels", exported["batch_id"], str(bad))
+    assert code == 2
+    assert f"{bad}, line 2: unknown sample id 'not-a-sample'" in err
+    code, out, _ = run_cli(capsys, *base, "status", "--json")
+    status = json.loads(out)
+    assert (status["queued"], status["labelled"], status["quarantined"], status["test"]) == (3, 0, 1, 2)
+    assert status["budget_spent"] == 3 and not (store / "labels").exists()
+
+
+@pytest.mark.usefixtures("prefect_harness")
+def test_retrain_without_classes_says_how_to_set_them(tmp_path, capsys):
+    code, _, err = run_cli(capsys, "--store", str(tmp_path / "s"), "retrain")
+    assert code == 2 and "data.classes must list at least 2 class names" in err
+
+
+def test_core_modules_import_without_prefect():
+    core = ["settings", "store", "strategies", "pool", "sources", "ingest", "modeling", "scoring",
+            "batches", "labelling", "label_import", "training", "simulation", "demo_data", "reporting"]
+    code = "import sys\n" + "".join(f"import activeflow.{m}\n" for m in core) + \
+        "assert 'prefect' not in sys.modules, sorted(m for m in sys.modules if 'prefect' in m)[:5]"
+    subprocess.run([sys.executable, "-c", code], check=True)
