@@ -71,22 +71,38 @@ def prefect_harness(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
 
 
 @pytest.fixture(scope="session")
-def label_studio(tmp_path_factory: pytest.TempPathFactory):  # noqa: ANN201 - see below
+def label_studio(  # noqa: ANN201 - the server type is imported lazily, below
+    tmp_path_factory: pytest.TempPathFactory, pytestconfig: pytest.Config
+):
     """A Label Studio server for the session (``label_studio_server.LabelStudioServer``:
     ``url``, ``token`` a personal access token, ``files_dir``). Skipped when Label Studio
     is not installed locally; under CI (``CI`` set) or with ``ACTIVEFLOW_LABEL_STUDIO_BIN``
-    naming a missing binary, that is a failure: ``.ci/run`` installs it."""
+    naming a missing binary, that is a failure: ``.ci/run`` installs it. Pytest's cache
+    keeps a migrated database, so later sessions start faster."""
     import os
 
-    from label_studio_server import BINARY_ENV, LabelStudioNotInstalled, start_label_studio
+    from label_studio_server import (
+        BINARY_ENV,
+        LabelStudioNotInstalled,
+        find_label_studio,
+        start_label_studio,
+    )
 
+    missing = None
     try:
-        server = start_label_studio(tmp_path_factory.mktemp("label-studio"))
+        find_label_studio()
     except LabelStudioNotInstalled as error:
+        missing = str(error)
+    if missing is not None:
         in_ci = os.environ.get("CI", "").strip().lower() not in ("", "0", "false", "no")
         if in_ci or os.environ.get(BINARY_ENV):
-            pytest.fail(f"{error} (.ci/run installs it)", pytrace=False)
-        pytest.skip(str(error))
+            pytest.fail(f"{missing} (.ci/run does that)", pytrace=False)
+        pytest.skip(missing)
+    cache = getattr(pytestconfig, "cache", None)  # None under -p no:cacheprovider
+    server = start_label_studio(
+        tmp_path_factory.mktemp("label-studio"),
+        cache_dir=None if cache is None else cache.mkdir("label-studio"),
+    )
     try:
         yield server
     finally:

@@ -10,8 +10,11 @@ with ours, so it lives in a virtualenv of its own: ``.ls-venv`` at the repositor
 (``.ci/run`` makes it), or the binary named by ``ACTIVEFLOW_LABEL_STUDIO_BIN``.
 
 Startup notes (label-studio 1.23.2):
-- A fresh database runs Label Studio's migrations first: ~35 s of CPU; a second start
-  on the same database takes ~10 s. Hence the generous ``timeout_s``.
+- A fresh database runs Label Studio's migrations first: ~35 s of CPU; a start on a
+  migrated database takes ~10 s. So with a ``cache_dir`` (the fixture passes pytest's
+  cache) the database as it is once healthy (migrated, user made, no token yet) is kept
+  there, one file per Label Studio version, and later sessions start from a copy. CI
+  starts from scratch; ``timeout_s`` is generous for that.
 - ``LABEL_STUDIO_USERNAME`` / ``LABEL_STUDIO_PASSWORD`` make the first user (an admin)
   and its organisation at start, with legacy API tokens off (the default).
 - A user may hold one personal access token at a time: a second ``POST /api/token/``
@@ -28,8 +31,10 @@ Startup notes (label-studio 1.23.2):
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import socket
+import sqlite3
 import subprocess
 import sys
 import time
@@ -96,10 +101,11 @@ class LabelStudioServer:
 
 
 def start_label_studio(
-    data_dir: Path, timeout_s: float = 120.0, attempts: int = 3
+    data_dir: Path, timeout_s: float = 120.0, attempts: int = 3, cache_dir: Path | None = None
 ) -> LabelStudioServer:
     """Start Label Studio storing under ``data_dir``; return once it is healthy and a
-    personal access token is made.
+    personal access token is made. ``cache_dir`` keeps a migrated database between
+    sessions (see the module notes).
 
     A start that exits early or moves to another port (its port was taken between
     choosing and binding) is tried again on a new port, up to ``attempts`` times.
@@ -107,9 +113,10 @@ def start_label_studio(
     the end of the server log if it is not healthy within ``timeout_s``.
     """
     binary = find_label_studio()
+    snapshot = _snapshot_path(binary, cache_dir)
     for attempt in range(1, attempts + 1):
         try:
-            return _start(binary, data_dir / f"run-{attempt}", timeout_s)
+            return _start(binary, data_dir / f"run-{attempt}", timeout_s, snapshot)
         except _LostPort:
             if attempt == attempts:
                 raise
@@ -120,9 +127,14 @@ class _LostPort(LabelStudioServerError):
     pass
 
 
-def _start(binary: str, data_dir: Path, timeout_s: float) -> LabelStudioServer:
+def _start(
+    binary: str, data_dir: Path, timeout_s: float, snapshot: Path | None
+) -> LabelStudioServer:
     files_dir = data_dir / "files"
     files_dir.mkdir(parents=True)
+    database = data_dir / "label_studio.sqlite3"
+    if snapshot is not None and snapshot.is_file():
+        shutil.copyfile(snapshot, database)
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     env = {
@@ -132,7 +144,8 @@ def _start(binary: str, data_dir: Path, timeout_s: float) -> LabelStudioServer:
             for name, value in os.environ.items()
             if not name.startswith(("LABEL_STUDIO_", "HEARTEX_", "DJANGO_"))
         },
-        "LABEL_STUDIO_BASE_DATA_DIR": str(data_dir),  # SQLite database, media, secret key
+        "LABEL_STUDIO_BASE_DATA_DIR": str(data_dir),  # media, secret key
+        "LABEL_STUDIO_DATABASE_NAME": str(database),
         "LABEL_STUDIO_USERNAME": USERNAME,
         "LABEL_STUDIO_PASSWORD": PASSWORD,
         "LABEL_STUDIO_LOCAL_FILES_SERVING_ENABLED": "true",
@@ -160,6 +173,8 @@ def _start(binary: str, data_dir: Path, timeout_s: float) -> LabelStudioServer:
         )
     try:
         _wait_healthy(url, port, process, log_path, started + timeout_s)
+        if snapshot is not None and not snapshot.is_file():
+            _save_snapshot(database, snapshot)
         token = _personal_access_token(url)
     except BaseException:
         _stop(process, 10.0)
@@ -231,6 +246,33 @@ def _personal_access_token(url: str) -> str:
                 f"HTTP {created.status_code}: {created.text[:300]}"
             )
         return created.json()["token"]
+
+
+def _snapshot_path(binary: str, cache_dir: Path | None) -> Path | None:
+    """Where the migrated database of this Label Studio version is kept, if anywhere."""
+    if cache_dir is None:
+        return None
+    venv = Path(binary).parent.parent
+    found = list(venv.glob("lib/python*/site-packages/label_studio-*.dist-info"))
+    if len(found) != 1:
+        return None  # not a virtualenv we can tell the version of: no snapshot
+    version = found[0].name.removesuffix(".dist-info")
+    return cache_dir / f"{version}-{USERNAME}.sqlite3"
+
+
+def _save_snapshot(database: Path, snapshot: Path) -> None:
+    """A consistent copy of the live database (SQLite's backup API), put in place
+    atomically so that concurrent sessions never see half a file."""
+    snapshot.parent.mkdir(parents=True, exist_ok=True)
+    partial = snapshot.with_name(f"{snapshot.name}.{os.getpid()}.partial")
+    source = sqlite3.connect(database)
+    target = sqlite3.connect(partial)
+    try:
+        source.backup(target)
+    finally:
+        target.close()
+        source.close()
+    os.replace(partial, snapshot)
 
 
 def _tail(path: Path, lines: int = 40) -> str:

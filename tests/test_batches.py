@@ -5,6 +5,8 @@ from __future__ import annotations
 import csv
 import io
 import json
+from datetime import UTC, datetime, timedelta
+from urllib.parse import quote
 
 import numpy as np
 import pytest
@@ -104,7 +106,7 @@ def test_margin_picks_the_most_confused_samples_in_order(store):
     ids = _champion_with_scores(store, gapped)
     result = export_batch(store, load_settings(
         storage={"uri": store.uri}, data={"classes": CLASSES},
-        budget={"per_run": 3}, strategy={"name": "margin"}))
+        budget={"per_run": 3}, strategy={"name": "margin", "random_fraction": 0}))
     manifest = load_state(store).batches[result.batch_id]
     assert manifest.sample_ids == [ids[9], ids[8], ids[7]]
     assert manifest.strategy == "margin" and manifest.model_version == "m-test"
@@ -127,10 +129,13 @@ def test_batch_files_for_labellers(store):
     manifest = state.batches[result.batch_id]
     tasks = json.loads(store.get(f"batches/{result.batch_id}/tasks.json"))
     assert [t["data"]["sample_id"] for t in tasks] == manifest.sample_ids
-    assert all(t["data"]["image"].startswith("file://") for t in tasks)
+    # Label Studio's local-files serving path, relative to the store root by default.
+    assert tasks[0]["data"]["image"] == "/data/local-files/?d=" + quote(
+        f"samples/{manifest.sample_ids[0][:2]}/{manifest.sample_ids[0]}.png")
     rows = list(csv.DictReader(io.StringIO(store.get(f"batches/{result.batch_id}/tasks.csv").decode())))
     assert [r["id"] for r in rows] == manifest.sample_ids
-    assert list(rows[0]) == ["id", "image", "predicted", "score"]
+    assert list(rows[0]) == ["id", "image", "predicted", "score", "confidence"]
+    assert all(r["image"].startswith("file://") for r in rows)  # openable from a spreadsheet
     assert set(result.files) == {"label_studio", "csv"}
     assert result.files["csv"].endswith(f"batches/{result.batch_id}/tasks.csv")
 
@@ -142,3 +147,43 @@ def test_export_without_classes_is_refused_before_anything_is_written(store):
     with pytest.raises(SettingsError, match="data.classes must list at least 2 class names"):
         export_batch(store, load_settings(storage={"uri": store.uri}))
     assert store.list() == before
+
+
+def test_local_files_root_must_contain_the_store(store, tmp_path):
+    settings = load_settings(storage={"uri": store.uri}, data={"classes": CLASSES},
+                             labelling={"local_files_root": str(tmp_path / "elsewhere")})
+    from activeflow.settings import SettingsError
+
+    with pytest.raises(SettingsError, match="does not contain the store"):
+        export_batch(store, settings)
+    assert not store.list("batches/")
+
+
+def test_label_studio_links_relative_to_its_document_root(store, tmp_path):
+    settings = load_settings(storage={"uri": store.uri}, data={"classes": CLASSES},
+                             labelling={"local_files_root": str(tmp_path)})
+    result = export_batch(store, settings)
+    image = json.loads(store.get(f"batches/{result.batch_id}/tasks.json"))[0]["data"]["image"]
+    assert image.startswith("/data/local-files/?d=store/samples/")
+
+
+def test_stale_batches_are_released_back_to_the_pool(store):
+    from activeflow.batches import release_stale_batches
+    from activeflow.label_import import import_labels
+
+    settings = load_settings(storage={"uri": store.uri}, data={"classes": CLASSES},
+                             budget={"per_run": 4}, labelling={"release_after_hours": 24})
+    first = export_batch(store, settings)
+    batch = load_state(store).batches[first.batch_id].sample_ids
+    import_labels(store, load_state(store), settings, first.batch_id, "a.csv",
+                  f"id,label\n{batch[0]},cat\n".encode())
+    assert release_stale_batches(store, load_state(store), settings) == []  # not stale yet
+
+    later = datetime.now(UTC) + timedelta(hours=25)
+    (release,) = release_stale_batches(store, load_state(store), settings, now=later)
+
+    assert release.returned == batch[1:]
+    state = load_state(store)
+    assert state.queued == set() and set(batch[1:]) <= set(state.unlabelled)
+    assert state.budget_spent == 1  # only the labelled one was spent
+    assert release_stale_batches(store, state, settings, now=later) == []  # written once

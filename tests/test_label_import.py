@@ -81,17 +81,69 @@ def test_importing_the_same_file_again_changes_nothing(batch):
 
     again = run_import(store, settings, batch_id, "done.csv", text)
 
-    assert (again.imported, again.already_imported) == (0, True)
+    assert (again.imported, again.already_imported) == (0, 3)
     assert {k: store.get(k) for k in store.list()} == keys
 
 
-def test_a_changed_label_for_an_imported_batch_is_refused(batch):
+def test_a_changed_label_is_reported_as_a_conflict_and_never_written(batch):
     store, settings, batch_id, ids, _ = batch
     run_import(store, settings, batch_id, "done.csv", csv_of(zip(ids, ["cat", "dog", "cat"])))
     keys = {k: store.get(k) for k in store.list()}
-    with pytest.raises(LabelFileError, match="already has imported labels.*would change from 'cat' to 'dog'"):
-        run_import(store, settings, batch_id, "redo.csv", csv_of(zip(ids, ["dog", "dog", "cat"])))
+
+    report = run_import(store, settings, batch_id, "redo.csv", csv_of(zip(ids, ["dog", "dog", "cat"])))
+
+    assert report.imported == 0 and report.already_imported == 2
+    assert [(c.sample_id, c.imported, c.offered) for c in report.conflicts] == [(ids[0], "cat", "dog")]
     assert {k: store.get(k) for k in store.list()} == keys
+    assert load_state(store).labelled[ids[0]] == "cat"
+
+
+def test_a_later_superset_export_adds_only_what_is_new(batch):
+    store, settings, batch_id, ids, _ = batch
+    first = run_import(store, settings, batch_id, "monday.csv", csv_of([(ids[0], "cat")]))
+    assert (first.imported, first.still_queued) == (1, 2)
+    assert load_state(store).queued == set(ids[1:])
+
+    later = run_import(store, settings, batch_id, "tuesday.csv", csv_of(zip(ids, ["cat", "dog", "dog"])))
+
+    assert (later.imported, later.already_imported, later.still_queued) == (2, 1, 0)
+    state = load_state(store)
+    assert [state.labelled[sid] for sid in ids] == ["cat", "dog", "dog"]
+    assert len(store.list("labels/")) == 2 and state.queued == set()
+
+
+def test_unlabelled_skipped_and_disagreeing_tasks_stay_queued(batch):
+    store, settings, batch_id, ids, _ = batch
+    tasks = json.loads(store.get(f"batches/{batch_id}/tasks.json"))
+    choice = lambda label, n, cancelled=False: {  # noqa: E731
+        "id": n, "was_cancelled": cancelled,
+        "result": [{"type": "choices", "from_name": "label", "to_name": "image",
+                    "value": {"choices": [label]}}],
+    }
+    annotations = [
+        [choice("cat", 1), choice("cat", 2), choice("dog", 3)],  # 2 of 3 agree: cat
+        [choice("dog", 4, cancelled=True)],  # skipped
+        [choice("cat", 5), choice("dog", 6)],  # tie
+    ]
+    export = [{"id": n, "data": t["data"], "annotations": a}
+              for n, (t, a) in enumerate(zip(tasks, annotations, strict=True))]
+
+    report = run_import(store, settings, batch_id, "export.json", json.dumps(export))
+
+    assert report.imported == 1 and report.skipped == [ids[1]]
+    assert [(d.sample_id, d.votes) for d in report.disagreements] == [(ids[2], {"cat": 1, "dog": 1})]
+    assert load_state(store).queued == {ids[1], ids[2]} and report.still_queued == 2
+
+
+def test_a_file_for_a_different_batch_is_refused(batch):
+    store, settings, batch_id, ids, _ = batch
+    tasks = json.loads(store.get(f"batches/{batch_id}/tasks.json"))
+    tasks[0]["data"]["batch_id"] = "b-other"
+    tasks[0]["annotations"] = [{"id": 1, "result": [{"type": "choices", "value": {"choices": ["cat"]}}]}]
+    before = store.list()
+    with pytest.raises(LabelFileError, match=f"task 1: task was exported for batch 'b-other', not '{batch_id}'"):
+        run_import(store, settings, batch_id, "export.json", json.dumps(tasks))
+    assert store.list() == before
 
 
 @pytest.mark.parametrize(

@@ -20,6 +20,7 @@ import pytest
 
 from activeflow.labelling import (
     BatchItem,
+    Disagreement,
     LabelFileError,
     LabelRecord,
     ParsedLabels,
@@ -195,10 +196,10 @@ def label_studio_csv_export() -> bytes:
 
 ITEMS = [
     BatchItem(
-        sample_id=A, image_url="https://img/a.png", predicted="cat", score=0.9, confidence=0.4
+        sample_id=A, image_url=f"https://img/{A}.png", predicted="cat", score=0.9, confidence=0.4
     ),
     BatchItem(
-        sample_id=B, image_url="https://img/b.png", predicted=None, score=0.7, confidence=None
+        sample_id=B, image_url=f"https://img/{B}.png", predicted=None, score=0.7, confidence=None
     ),
 ]
 
@@ -208,7 +209,7 @@ def test_label_studio_tasks_follow_the_task_import_format():
 
     assert tasks == [
         {
-            "data": {"image": "https://img/a.png", "sample_id": A, "batch_id": "batch-0001"},
+            "data": {"image": f"https://img/{A}.png", "sample_id": A, "batch_id": "batch-0001"},
             "predictions": [
                 {
                     "model_version": "v3",
@@ -224,7 +225,7 @@ def test_label_studio_tasks_follow_the_task_import_format():
                 }
             ],
         },
-        {"data": {"image": "https://img/b.png", "sample_id": B, "batch_id": "batch-0001"}},
+        {"data": {"image": f"https://img/{B}.png", "sample_id": B, "batch_id": "batch-0001"}},
     ]
 
 
@@ -282,22 +283,23 @@ def test_config_refuses_no_or_repeated_classes(classes):
 def test_batch_csv_header_is_exact_and_rows_round_trip():
     content = batch_csv(ITEMS)
 
-    assert content.decode("utf-8").splitlines()[0] == "id,image,predicted,score"
+    assert content.decode("utf-8").splitlines()[0] == "id,image,predicted,score,confidence"
     rows = list(csv.reader(io.StringIO(content.decode("utf-8"))))
-    assert rows[1] == [A, "https://img/a.png", "cat", "0.9"]
-    assert rows[2] == [B, "https://img/b.png", "", "0.7"]
+    assert rows[1] == [A, f"https://img/{A}.png", "cat", "0.9", "0.4"]
+    assert rows[2] == [B, f"https://img/{B}.png", "", "0.7", ""]
     assert len(rows) == 3
 
 
 def test_batch_csv_quotes_commas_and_keeps_unicode():
-    item = BatchItem(sample_id=A, image_url="https://img/a,b.png", predicted="chat noir é")
+    item = BatchItem(sample_id=A, image_url=f"https://img/{A},b.png", predicted="chat noir é")
     content = batch_csv([item])
     (row,) = list(csv.DictReader(io.StringIO(content.decode("utf-8"))))
     assert row == {
         "id": A,
-        "image": "https://img/a,b.png",
+        "image": f"https://img/{A},b.png",
         "predicted": "chat noir é",
         "score": "",
+        "confidence": "",
     }
 
 
@@ -306,7 +308,8 @@ def test_batch_csv_quotes_commas_and_keeps_unicode():
 
 EXPECTED = ParsedLabels(
     records=[LabelRecord(sample_id=A, label="cat"), LabelRecord(sample_id=B, label="dog")],
-    unlabelled=[C, D],
+    unlabelled=[D],
+    skipped=[C],  # its only annotation was cancelled
 )
 
 
@@ -332,9 +335,9 @@ def test_label_studio_csv_export_reads_sample_id_not_task_number():
 def test_returned_batch_csv_with_label_column():
     content = (
         "id,image,predicted,score,label\n"
-        f"{A},https://img/a.png,dog,0.9,cat\n"
-        f"{B},https://img/b.png,,0.7, dog \n"
-        f"{C},https://img/c.png,cat,0.5,\n"
+        f"{A},https://img/{A}.png,dog,0.9,cat\n"
+        f"{B},https://img/{B}.png,,0.7, dog \n"
+        f"{C},https://img/{C}.png,cat,0.5,\n"
         "\n"
     ).encode()
     assert parse("batch.csv", content) == ParsedLabels(
@@ -352,7 +355,7 @@ def test_round_trip_export_annotate_parse():
     items = [
         BatchItem(
             sample_id=s,
-            image_url=f"https://img/{s[0]}.png",
+            image_url=f"https://img/{s}.png",
             predicted="cat",
             score=0.5,
             confidence=0.6,
@@ -379,7 +382,7 @@ def test_round_trip_export_annotate_parse():
     parsed = parse("export.json", dump(exported))
 
     assert parsed.records == [LabelRecord(sample_id=s, label=l) for s, l in truth.items()]
-    assert parsed.unlabelled == [C]
+    assert parsed.skipped == [C]
 
 
 # ------------------------------------------------ import: unlabelled, dedup, agreement
@@ -390,7 +393,7 @@ def test_task_with_only_empty_results_or_cancellations_is_unlabelled():
         task(11, A, [annotation(101, 11, [])]),  # submitted without choosing
         task(12, B, [annotation(102, 12, [choices_result("dog")], cancelled=True)]),
     ]
-    assert parse("e.json", dump(export)) == ParsedLabels(records=[], unlabelled=[A, B])
+    assert parse("e.json", dump(export)) == ParsedLabels(records=[], unlabelled=[A], skipped=[B])
 
 
 def test_cancelled_annotation_does_not_count_against_the_others():
@@ -410,7 +413,7 @@ def test_cancelled_annotation_does_not_count_against_the_others():
 
 def test_cancelled_annotation_with_unknown_class_is_ignored():
     export = [task(11, A, [annotation(101, 11, [choices_result("horse")], cancelled=True)])]
-    assert parse("e.json", dump(export)).unlabelled == [A]
+    assert parse("e.json", dump(export)).skipped == [A]
 
 
 def test_same_id_twice_with_same_label_is_kept_once_in_file_order():
@@ -533,18 +536,40 @@ def test_refuses_unknown_class_naming_the_configured_ones():
     assert error.record == "task 3"
 
 
-def test_refuses_annotations_that_disagree():
+def test_annotations_that_disagree_stay_unlabelled_and_are_reported():
     export = json_export()
-    export[1]["annotations"][1]["result"] = [choices_result("bird")]
-    error = refused(
-        "export.json",
-        dump(export),
-        re.escape(
-            f"task 2: annotations disagree for sample id '{B}': "
-            "'dog' (annotation 102), 'bird' (annotation 103)"
-        ),
+    export[1]["annotations"][1]["result"] = [choices_result("bird")]  # B: dog vs bird
+    parsed = parse("export.json", dump(export))
+    assert parsed.records == [LabelRecord(sample_id=A, label="cat")]
+    assert parsed.disagreements == [Disagreement(sample_id=B, votes={"dog": 1, "bird": 1})]
+
+
+def test_majority_vote_with_minimum_agreement():
+    export = json_export()
+    export[1]["annotations"].append(annotation(104, 12, [choices_result("bird")]))  # dog, dog, bird
+    assert parse("export.json", dump(export)).records[1] == LabelRecord(sample_id=B, label="dog")
+    strict = parse("export.json", dump(export), min_agreement=0.7)  # 2 of 3 is below 0.7
+    assert [r.sample_id for r in strict.records] == [A]
+    assert strict.disagreements == [Disagreement(sample_id=B, votes={"dog": 2, "bird": 1})]
+
+
+def test_refuses_a_task_exported_for_another_batch():
+    export = json_export()
+    export[1]["data"]["batch_id"] = "batch-0002"
+    refused(
+        "export.json", dump(export),
+        re.escape("task 2: task was exported for batch 'batch-0002', not 'batch-0001'"),
+        batch_id="batch-0001",
     )
-    assert error.record == "task 2"
+
+
+def test_refuses_an_image_reference_that_does_not_match_the_id():
+    export = json_export()
+    export[0]["data"]["image"] = f"https://img/{B}.png"
+    refused(
+        "export.json", dump(export),
+        re.escape(f"task 1: image reference 'https://img/{B}.png' does not match sample id '{A}'"),
+    )
 
 
 def test_refuses_annotation_with_several_classes():
@@ -567,30 +592,19 @@ def test_refuses_choices_result_without_choices():
     )
 
 
-def test_refuses_same_task_twice_with_different_labels():
+def test_same_task_twice_counts_both_annotations_as_votes():
     export = json_export()
     export.append(task(15, A, [annotation(105, 15, [choices_result("dog")])]))
-    error = refused(
-        "export.json",
-        dump(export),
-        re.escape(
-            f"task 5: conflicting labels for sample id '{A}': 'cat' (task 1) vs 'dog' (task 5)"
-        ),
-    )
-    assert error.record == "task 5"
+    parsed = parse("export.json", dump(export))
+    assert parsed.disagreements == [Disagreement(sample_id=A, votes={"cat": 1, "dog": 1})]
 
 
-def test_refuses_json_min_annotators_that_disagree():
+def test_json_min_annotators_that_disagree_are_reported():
     export = json_min_export()
     export[2]["label"] = "bird"
-    error = refused(
-        "min.json",
-        dump(export),
-        re.escape(
-            f"item 3: conflicting labels for sample id '{B}': 'dog' (item 2) vs 'bird' (item 3)"
-        ),
-    )
-    assert error.record == "item 3"
+    parsed = parse("min.json", dump(export))
+    assert parsed.disagreements == [Disagreement(sample_id=B, votes={"dog": 1, "bird": 1})]
+    assert parsed.records == [LabelRecord(sample_id=A, label="cat")]
 
 
 def test_refuses_json_min_record_without_sample_id():

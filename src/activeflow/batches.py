@@ -4,25 +4,33 @@ a conditional create, so a crash before it leaves no half-made batch behind."""
 
 from __future__ import annotations
 
+import os
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+from pathlib import Path, PurePosixPath
+from urllib.parse import quote
+
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 from pydantic import BaseModel
 
-from activeflow import labelling, strategies
+from activeflow import labelling, selection, strategies
 from activeflow.pool import (
     BatchItemRecord,
     BatchManifest,
+    BatchRelease,
     PoolState,
     load_state,
     manifest_key,
     new_id,
+    release_key,
     sample_key,
     utc_now,
 )
 from activeflow.scoring import ScoringError, latest_scores
-from activeflow.settings import Settings, required_classes
-from activeflow.store import ObjectStore, put_json_if_absent
+from activeflow.settings import Settings, SettingsError, required_classes
+from activeflow.store import LocalStore, ObjectStore, put_json_if_absent
 
 LABEL_STUDIO_FILE = "tasks.json"
 CSV_FILE = "tasks.csv"
@@ -61,24 +69,8 @@ def select_batch(store: ObjectStore, state: PoolState, settings: Settings) -> li
         return [BatchItemRecord(sample_id=candidates[i], score=0.0) for i in chosen]
 
     table = _scores_of(store, state.champion.version, candidates)
-    name = settings.strategy.name
-    if name == "random":
-        scores = rng.random(table.num_rows)
-    else:
-        scores = table.column(name).to_numpy()
-    chosen = strategies.select_top(scores, k)
-    ids = table.column("id").to_pylist()
-    predicted = table.column("predicted").to_pylist()
-    confidence = table.column("confidence").to_numpy()
-    return [
-        BatchItemRecord(
-            sample_id=ids[i],
-            score=float(scores[i]),
-            predicted=predicted[i],
-            confidence=float(confidence[i]),
-        )
-        for i in chosen
-    ]
+    # The strategy's picks plus a random slice of strategy.random_fraction (see selection.py).
+    return selection.select_from_scores(store, state, settings, table, k, rng)
 
 
 def _scores_of(store: ObjectStore, version: str, candidates: list[str]) -> pa.Table:
@@ -99,24 +91,30 @@ def write_batch(
     """Write the labellers' files, then the manifest that makes the batch exist."""
     batch_id = new_id("b")
     model_version = state.champion.version if state.champion else None
-    export_items = [
-        labelling.BatchItem(
-            sample_id=item.sample_id,
-            image_url=store.presigned_url(
-                sample_key(item.sample_id, state.samples[item.sample_id].ext),
-                expires_s=7 * 24 * 3600,  # S3's longest presign; labelling takes days
-            ),
-            predicted=item.predicted,
-            score=item.score,
-            confidence=item.confidence,
-        )
-        for item in items
-    ]
+    keys = [sample_key(item.sample_id, state.samples[item.sample_id].ext) for item in items]
+    expiry = settings.labelling.url_expiry_hours * 3600
+
+    def export_items(link: Callable[[str], str]) -> list[labelling.BatchItem]:
+        return [
+            labelling.BatchItem(
+                sample_id=item.sample_id,
+                image_url=link(key),
+                predicted=item.predicted,
+                score=item.score,
+                confidence=item.confidence,
+            )
+            for item, key in zip(items, keys, strict=True)
+        ]
+
     files = {
         LABEL_STUDIO_FILE: labelling.label_studio_tasks(
-            export_items, batch_id=batch_id, model_version=model_version
+            export_items(lambda key: label_studio_image_url(store, key, settings)),
+            batch_id=batch_id,
+            model_version=model_version,
         ),
-        CSV_FILE: labelling.batch_csv(export_items),
+        CSV_FILE: labelling.batch_csv(
+            export_items(lambda key: store.presigned_url(key, expires_s=expiry))
+        ),
         CONFIG_FILE: labelling.label_studio_config(required_classes(settings)).encode(),
     }
     prefix = f"batches/{batch_id}/"
@@ -140,6 +138,45 @@ def write_batch(
     return manifest
 
 
+def label_studio_image_url(store: ObjectStore, key: str, settings: Settings) -> str:
+    """A link Label Studio can open: a presigned URL for S3, or a local-files serving path
+    (``/data/local-files/?d=...``, relative to LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT)."""
+    if not isinstance(store, LocalStore):
+        return store.presigned_url(key, expires_s=settings.labelling.url_expiry_hours * 3600)
+    root = Path(settings.labelling.local_files_root or store.root)
+    relative = os.path.relpath(store.url(key), root.expanduser().resolve())
+    if relative.startswith(".."):
+        raise SettingsError(
+            f"labelling.local_files_root {str(root)!r} does not contain the store {store.uri!r}"
+        )
+    return "/data/local-files/?d=" + quote(PurePosixPath(relative).as_posix())
+
+
+def release_stale_batches(
+    store: ObjectStore, state: PoolState, settings: Settings, now: datetime | None = None
+) -> list[BatchRelease]:
+    """Send the unlabelled samples of batches open longer than
+    ``labelling.release_after_hours`` back to the pool (one write-once record each)."""
+    hours = settings.labelling.release_after_hours
+    if hours is None:
+        return []
+    now = now or datetime.now(UTC)
+    releases = []
+    for batch_id in state.open_batches:
+        age = now - datetime.fromisoformat(state.batches[batch_id].created_at)
+        if age < timedelta(hours=hours):
+            continue
+        release = BatchRelease(
+            batch_id=batch_id,
+            released_at=now.isoformat(),
+            reason=f"open {age.total_seconds() / 3600:.1f} h, longer than {hours:g} h",
+            returned=state.waiting(batch_id),
+        )
+        if put_json_if_absent(store, release_key(batch_id), release.model_dump()):
+            releases.append(release)
+    return releases
+
+
 def export_result(manifest: BatchManifest | None, reason: str) -> ExportResult:
     if manifest is None:
         return ExportResult(batch_id=None, size=0, files={}, reason=reason)
@@ -156,6 +193,7 @@ def empty_batch_reason(state: PoolState, settings: Settings) -> str:
 def export_batch(store: ObjectStore, settings: Settings) -> ExportResult:
     """Select the next batch within budget and write it; an empty selection writes nothing."""
     required_classes(settings)  # labellers need the class list: refuse before any work
+    release_stale_batches(store, load_state(store), settings)  # back in the pool first
     state = load_state(store)
     items = select_batch(store, state, settings)
     if not items:

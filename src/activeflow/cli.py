@@ -57,6 +57,11 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--out", default="activeflow-demo", help="where data, stores and report go")
     demo.add_argument("--rounds", type=int, default=8)
     demo.add_argument("--budget", type=int, default=20, help="labels per round")
+
+    commands.add_parser(
+        "serve",
+        help="serve the deployments (schedules, triggers) until interrupted; needs PREFECT_API_URL",
+    )
     return parser
 
 
@@ -103,6 +108,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _core_errors() -> tuple[type[Exception], ...]:
     from activeflow.labelling import LabelFileError
+    from activeflow.locks import LockLost, LockTimeout
     from activeflow.scoring import ScoringError
     from activeflow.sources import SourceError
     from activeflow.store import ObjectNotFound, StoreError
@@ -110,7 +116,7 @@ def _core_errors() -> tuple[type[Exception], ...]:
 
     return (
         LabelFileError, ScoringError, SourceError, StoreError, ObjectNotFound, TrainingError,
-        FileExistsError,
+        FileExistsError, LockTimeout, LockLost,
     )
 
 
@@ -150,6 +156,11 @@ def _run(args: argparse.Namespace, settings: Settings) -> Any:
         return cycle_flow(settings, simulate=args.simulate, oracle=args.oracle, rounds=args.rounds)
     if command == "demo":
         return _demo(args, settings)
+    if command == "serve":
+        from activeflow.deployments import serve_deployments
+
+        serve_deployments(settings)
+        return "stopped serving; the schedules stay active for the next `activeflow serve`"
     raise AssertionError(f"unhandled command {command}")
 
 

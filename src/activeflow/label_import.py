@@ -1,28 +1,43 @@
-"""Importing a batch's completed labels, exactly once.
+"""Importing a batch's completed labels: exactly once, nothing lost, nothing overwritten.
 
-The whole file is validated before anything is written; a refused file writes
-nothing. The labels land in ``labels/<batch-id>.jsonl`` with a conditional create, so
-importing the same file again changes nothing and a different file is refused.
+The whole file is validated before anything is written; a refused file writes nothing.
+Only labels that are new are written, as one object named by the hash of what it adds
+(``labels/<batch-id>/<import-id>.jsonl``, a conditional create): importing the same export
+again, or a later export that is a superset of an earlier one, adds only what is new. A
+label that differs from one already imported is reported as a conflict, never written.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 from pathlib import PurePosixPath
 
 from pydantic import BaseModel
 
-from activeflow.labelling import LabelFileError, parse_label_file
+from activeflow.labelling import Disagreement, LabelFileError, LabelRecord, parse_label_file
 from activeflow.pool import ImportedLabel, PoolState, labels_key, utc_now
 from activeflow.settings import Settings
 from activeflow.store import ObjectStore, put_jsonl_if_absent
 
 
+class LabelConflict(BaseModel):
+    sample_id: str
+    imported: str  # the label already in the store, which stays
+    offered: str  # what this file says
+
+
 class ImportReport(BaseModel):
     batch_id: str
     file: str
-    imported: int
-    unlabelled: list[str]
-    already_imported: bool = False
+    imported: int  # new labels written by this import
+    already_imported: int = 0  # labels in the file the store already had
+    conflicts: list[LabelConflict] = []
+    unlabelled: list[str] = []  # tasks not labelled yet: they stay queued
+    skipped: list[str] = []  # only cancelled/skipped annotations: they stay queued
+    disagreements: list[Disagreement] = []  # below the minimum agreement: stay queued
+    requeued_elsewhere: list[str] = []  # of a released batch, now in another batch
+    still_queued: int = 0  # samples of the batch still waiting for a label
 
 
 def import_labels(
@@ -33,8 +48,8 @@ def import_labels(
     file_name: str,
     content: bytes,
 ) -> ImportReport:
-    """Validate ``content`` (Label Studio JSON / JSON-MIN export or CSV id,label) for the
-    batch and record its labels once. Raises ``LabelFileError`` naming file, record and
+    """Validate ``content`` (Label Studio JSON / JSON-MIN / CSV export, or CSV id,label) for
+    the batch and record its new labels. Raises ``LabelFileError`` naming file, record and
     problem; nothing is written then."""
     if batch_id not in state.batches:
         raise LabelFileError(file_name, None, f"batch {batch_id!r} does not exist in the store")
@@ -44,51 +59,63 @@ def import_labels(
         batch_ids=set(state.batches[batch_id].sample_ids),
         known_ids=set(state.samples),
         classes=settings.data.classes,
+        batch_id=batch_id,
+        min_agreement=settings.labelling.min_agreement,
     )
-    now = utc_now()
-    source = PurePosixPath(file_name).name
-    records = [
-        ImportedLabel(
-            sample_id=r.sample_id, label=r.label, batch_id=batch_id, source_file=source,
-            imported_at=now,
-        )
-        for r in parsed.records
-    ]
     report = ImportReport(
-        batch_id=batch_id, file=file_name, imported=len(records), unlabelled=parsed.unlabelled
+        batch_id=batch_id,
+        file=file_name,
+        imported=0,
+        unlabelled=parsed.unlabelled,
+        skipped=parsed.skipped,
+        disagreements=parsed.disagreements,
     )
-    existing = state.batch_labels.get(batch_id)
-    if existing is not None:
-        return _compare_with_existing(report, existing, records, file_name)
-    if not records:
-        return report  # nothing labelled yet: the batch stays open
-    rows = [r.model_dump() for r in records]
-    if not put_jsonl_if_absent(store, labels_key(batch_id), rows):
-        # A concurrent import won the race; it is now the one to compare with.
-        raise LabelFileError(file_name, None, f"batch {batch_id} was imported concurrently; retry")
+    new = _sort_records(state, batch_id, parsed.records, report)
+    if new:
+        _write_once(store, batch_id, file_name, new)
+    report.imported = len(new)
+    labelled_now = set(state.labelled) | {record.sample_id for record in new}
+    report.still_queued = sum(1 for sid in state.waiting(batch_id) if sid not in labelled_now)
     return report
 
 
-def _compare_with_existing(
-    report: ImportReport,
-    existing: list[ImportedLabel],
-    records: list[ImportedLabel],
-    file_name: str,
-) -> ImportReport:
-    before = {r.sample_id: r.label for r in existing}
-    now = {r.sample_id: r.label for r in records}
-    if before == now:
-        return report.model_copy(update={"imported": 0, "already_imported": True})
-    changed = sorted(sid for sid in before.keys() & now.keys() if before[sid] != now[sid])
-    detail = (
-        f"label of {changed[0]} would change from {before[changed[0]]!r} to {now[changed[0]]!r}"
-        if changed
-        else f"it holds {len(before)} labels, this file {len(now)}"
+def _sort_records(
+    state: PoolState, batch_id: str, records: list[LabelRecord], report: ImportReport
+) -> list[LabelRecord]:
+    """The records worth writing; the rest go into the report."""
+    labelled = state.labelled
+    queued_elsewhere = set().union(
+        *(state.waiting(b) for b in state.open_batches if b != batch_id)
     )
-    raise LabelFileError(
-        file_name,
-        None,
-        f"batch {report.batch_id} already has imported labels and this file differs ({detail});"
-        " labels are never overwritten",
-    )
+    new: list[LabelRecord] = []
+    for record in records:
+        existing = labelled.get(record.sample_id)
+        if existing == record.label:
+            report.already_imported += 1
+        elif existing is not None:
+            report.conflicts.append(
+                LabelConflict(sample_id=record.sample_id, imported=existing, offered=record.label)
+            )
+        elif batch_id in state.released and record.sample_id in queued_elsewhere:
+            report.requeued_elsewhere.append(record.sample_id)
+        else:
+            new.append(record)
+    return new
 
+
+def _write_once(store: ObjectStore, batch_id: str, file_name: str, new: list[LabelRecord]) -> None:
+    canonical = json.dumps([[r.sample_id, r.label] for r in new], separators=(",", ":"))
+    import_id = hashlib.sha256(canonical.encode()).hexdigest()[:16]
+    now = utc_now()
+    rows = [
+        ImportedLabel(
+            sample_id=r.sample_id,
+            label=r.label,
+            batch_id=batch_id,
+            source_file=PurePosixPath(file_name).name,
+            imported_at=now,
+        ).model_dump()
+        for r in new
+    ]
+    # False means a concurrent import of the same labels won: the outcome is the same.
+    put_jsonl_if_absent(store, labels_key(batch_id, import_id), rows)

@@ -209,11 +209,15 @@ def _detail(body: Any) -> str:
         detail = str(body.get("detail") or "")
         errors = body.get("validation_errors")
         if errors:
-            detail = f"{detail}: {json.dumps(errors, ensure_ascii=False)}" if detail else str(errors)
+            detail = (
+                f"{detail}: {json.dumps(errors, ensure_ascii=False)}" if detail else str(errors)
+            )
         text = detail or json.dumps(body, ensure_ascii=False)
     else:
         text = str(body)
     text = " ".join(text.split())
+    if text.startswith("<"):
+        return "an HTML page"
     return text if len(text) <= 300 else text[:300] + "..."
 
 

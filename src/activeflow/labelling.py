@@ -41,6 +41,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+from collections import Counter
 from collections.abc import Callable, Collection, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -53,7 +54,7 @@ from pydantic import BaseModel, ConfigDict
 # also the key JSON-MIN and CSV exports use for its value.
 IMAGE_TAG = "image"
 CHOICES_TAG = "label"
-CSV_HEADER = ("id", "image", "predicted", "score")
+CSV_HEADER = ("id", "image", "predicted", "score", "confidence")
 
 
 # --------------------------------------------------------------------------- export
@@ -123,8 +124,8 @@ def _xml_attr(value: str) -> str:
 
 
 def batch_csv(items: Sequence[BatchItem]) -> bytes:
-    """The batch as CSV (UTF-8) with header ``id,image,predicted,score``; empty cells for
-    missing values. Labellers add a ``label`` column and send it back."""
+    """The batch as CSV (UTF-8) with header ``id,image,predicted,score,confidence``; empty
+    cells for missing values. Labellers add a ``label`` column and send it back."""
     out = io.StringIO(newline="")
     writer = csv.writer(out, lineterminator="\n")
     writer.writerow(CSV_HEADER)
@@ -135,6 +136,7 @@ def batch_csv(items: Sequence[BatchItem]) -> bytes:
                 item.image_url,
                 "" if item.predicted is None else item.predicted,
                 "" if item.score is None else repr(item.score),
+                "" if item.confidence is None else repr(item.confidence),
             ]
         )
     return out.getvalue().encode("utf-8")
@@ -152,13 +154,22 @@ class LabelRecord(BaseModel):
     label: str
 
 
+class Disagreement(BaseModel):
+    """A sample whose annotations did not reach the minimum agreement (or tied)."""
+
+    sample_id: str
+    votes: dict[str, int]
+
+
 class ParsedLabels(BaseModel):
-    """What a label file says: labels (one per sample, in file order) and the samples it
-    mentions without a usable label (no annotation, only cancelled ones, empty result,
-    blank CSV cell)."""
+    """What a label file says: labels resolved by vote (one per sample, in file order),
+    the samples it mentions without any annotation, those whose annotations were all
+    cancelled/skipped, and those whose annotators disagreed."""
 
     records: list[LabelRecord]
     unlabelled: list[str]
+    skipped: list[str] = []
+    disagreements: list[Disagreement] = []
 
 
 class LabelFileError(ValueError):
@@ -182,7 +193,11 @@ class _Entry:
 
     record: str  # "task 3", "item 2", "line 4"
     sample_id: str
-    label: str | None  # None: mentioned without a usable label
+    votes: tuple[str, ...]  # labels of the non-cancelled annotations in this mention
+    cancelled: int = 0  # cancelled / skipped annotations in this mention
+    image: str | None = None  # the image reference the labellers saw, if the file has it
+    batch_id: str | None = None  # the batch the task was exported in, if the file has it
+    annotated: bool = True  # False for a plain CSV row: a repeat is a conflict, not a vote
 
 
 def parse_label_file(
@@ -192,15 +207,21 @@ def parse_label_file(
     batch_ids: Collection[str],
     known_ids: Collection[str],
     classes: Sequence[str],
+    batch_id: str | None = None,
+    min_agreement: float = 0.5,
 ) -> ParsedLabels:
-    """Read a Label Studio JSON / JSON-MIN export or a CSV with ``label`` column.
+    """Read a Label Studio JSON / JSON-MIN / CSV export or a plain CSV ``id,label``.
+
+    Several annotations of one sample are votes: the most common label wins when its
+    share is at least ``min_agreement`` and no other label ties it; otherwise the sample
+    is listed in ``disagreements`` and stays unlabelled.
 
     Raises ``LabelFileError`` for the whole file on: empty content, undecodable or
     malformed content, a missing or non-string sample id, an id not in ``known_ids``
-    ("unknown sample id"), a known id not in ``batch_ids`` ("not in this batch"), a label
-    not in ``classes`` ("not one of the configured classes"), annotations of one task
-    that disagree, and one id given two different labels ("conflicting labels"). The same
-    id with the same label twice is kept once.
+    ("unknown sample id"), a known id not in ``batch_ids`` ("not in this batch"), a task
+    exported for another batch than ``batch_id``, an image reference that does not name
+    the sample id, a label not in ``classes``, and one id given two different labels in
+    a plain CSV ("conflicting labels").
     """
 
     def fail(record: str | None, problem: str) -> LabelFileError:
@@ -217,47 +238,70 @@ def parse_label_file(
         entries = list(_json_entries(text, fail))
     else:
         entries = list(_csv_entries(text, fail))
-    return _check(entries, batch_ids=batch_ids, known_ids=known_ids, classes=classes, fail=fail)
+    for entry in entries:
+        _check_entry(entry, batch_ids, known_ids, classes, batch_id, fail)
+    return _resolve(entries, min_agreement, fail)
 
 
-def _check(
-    entries: list[_Entry],
-    *,
+def _check_entry(
+    entry: _Entry,
     batch_ids: Collection[str],
     known_ids: Collection[str],
     classes: Sequence[str],
+    batch_id: str | None,
     fail: _Fail,
-) -> ParsedLabels:
-    class_set = set(classes)
-    first_seen: dict[str, _Entry] = {}  # sample id -> first entry with a label
-    records: list[LabelRecord] = []
-    unlabelled: dict[str, None] = {}  # ordered set
+) -> None:
+    if entry.sample_id not in known_ids:
+        raise fail(entry.record, f"unknown sample id {entry.sample_id!r}")
+    if batch_id is not None and entry.batch_id not in (None, batch_id):
+        raise fail(entry.record, f"task was exported for batch {entry.batch_id!r}, not {batch_id!r}")
+    if entry.sample_id not in batch_ids:
+        raise fail(entry.record, f"sample id {entry.sample_id!r} is not in this batch")
+    if entry.image is not None and entry.sample_id not in entry.image:
+        raise fail(
+            entry.record,
+            f"image reference {entry.image!r} does not match sample id {entry.sample_id!r}",
+        )
+    for label in entry.votes:
+        if label not in classes:
+            raise fail(
+                entry.record, f"class {label!r} is not one of the configured classes {list(classes)}"
+            )
+
+
+def _resolve(entries: list[_Entry], min_agreement: float, fail: _Fail) -> ParsedLabels:
+    by_sample: dict[str, list[_Entry]] = {}  # file order of first mention
     for entry in entries:
-        if entry.sample_id not in known_ids:
-            raise fail(entry.record, f"unknown sample id {entry.sample_id!r}")
-        if entry.sample_id not in batch_ids:
-            raise fail(entry.record, f"sample id {entry.sample_id!r} is not in this batch")
-        if entry.label is None:
-            unlabelled.setdefault(entry.sample_id)
+        by_sample.setdefault(entry.sample_id, []).append(entry)
+    result = ParsedLabels(records=[], unlabelled=[])
+    for sample_id, mentions in by_sample.items():
+        _refuse_plain_conflicts(sample_id, mentions, fail)
+        votes = Counter(label for m in mentions for label in m.votes)
+        if not votes:
+            cancelled = any(m.cancelled for m in mentions)
+            (result.skipped if cancelled else result.unlabelled).append(sample_id)
             continue
-        if entry.label not in class_set:
+        ranked = votes.most_common()
+        label, count = ranked[0]
+        tied = len(ranked) > 1 and ranked[1][1] == count
+        if tied or count / sum(votes.values()) < min_agreement:
+            result.disagreements.append(Disagreement(sample_id=sample_id, votes=dict(votes)))
+        else:
+            result.records.append(LabelRecord(sample_id=sample_id, label=label))
+    return result
+
+
+def _refuse_plain_conflicts(sample_id: str, mentions: list[_Entry], fail: _Fail) -> None:
+    """A plain CSV names one label per row: the same id twice with two labels is an error,
+    not two annotators."""
+    plain = [m for m in mentions if not m.annotated and m.votes]
+    for later in plain[1:]:
+        if later.votes != plain[0].votes:
             raise fail(
-                entry.record,
-                f"class {entry.label!r} is not one of the configured classes {list(classes)}",
+                later.record,
+                f"conflicting labels for sample id {sample_id!r}: "
+                f"{plain[0].votes[0]!r} ({plain[0].record}) vs {later.votes[0]!r} ({later.record})",
             )
-        earlier = first_seen.get(entry.sample_id)
-        if earlier is None:
-            first_seen[entry.sample_id] = entry
-            records.append(LabelRecord(sample_id=entry.sample_id, label=entry.label))
-        elif earlier.label != entry.label:
-            raise fail(
-                entry.record,
-                f"conflicting labels for sample id {entry.sample_id!r}: "
-                f"{earlier.label!r} ({earlier.record}) vs {entry.label!r} ({entry.record})",
-            )
-    return ParsedLabels(
-        records=records, unlabelled=[i for i in unlabelled if i not in first_seen]
-    )
 
 
 # --- JSON and JSON-MIN
@@ -294,13 +338,15 @@ def _task_entry(record: str, task: Any, fail: _Fail) -> _Entry:
     if not isinstance(annotations, list):
         raise fail(record, "'annotations' is not a list")
 
-    votes: list[tuple[str, str]] = []  # (annotation name, label)
+    votes: list[str] = []
+    cancelled = 0
     for position, annotation in enumerate(annotations, start=1):
         if not isinstance(annotation, dict):
             raise fail(record, f"annotation {position} is not an object")
         name = f"annotation {annotation.get('id', f'#{position}')}"
         if annotation.get("was_cancelled") or annotation.get("skipped"):
-            continue  # cancelled ("skipped") by the labeller: says nothing
+            cancelled += 1  # cancelled ("skipped") by the labeller: no vote
+            continue
         result = annotation.get("result", [])
         if not isinstance(result, list):
             raise fail(record, f"{name}: 'result' is not a list")
@@ -318,13 +364,11 @@ def _task_entry(record: str, task: Any, fail: _Fail) -> _Entry:
         if len(set(labels)) > 1:
             raise fail(record, f"{name} picks several classes {labels}; one is expected")
         if labels:
-            votes.append((name, labels[0]))
-
-    distinct = {label for _, label in votes}
-    if len(distinct) > 1:
-        said = ", ".join(f"{label!r} ({name})" for name, label in votes)
-        raise fail(record, f"annotations disagree for sample id {sample_id!r}: {said}")
-    return _Entry(record, sample_id, votes[0][1] if votes else None)
+            votes.append(labels[0])
+    return _Entry(
+        record, sample_id, tuple(votes), cancelled,
+        image=_optional_str(data.get(IMAGE_TAG)), batch_id=_optional_str(data.get("batch_id")),
+    )
 
 
 def _min_entry(record: str, item: Any, fail: _Fail) -> _Entry:
@@ -333,8 +377,9 @@ def _min_entry(record: str, item: Any, fail: _Fail) -> _Entry:
         raise fail(record, f"expected an object, got {_json_kind(item)}")
     sample_id = _sample_id(record, item.get("sample_id"), "sample_id", fail)
     value = item.get(CHOICES_TAG)
+    image, batch = _optional_str(item.get(IMAGE_TAG)), _optional_str(item.get("batch_id"))
     if value is None:
-        return _Entry(record, sample_id, None)
+        return _Entry(record, sample_id, (), image=image, batch_id=batch)
     if isinstance(value, str):
         label = value
     elif isinstance(value, dict) and isinstance(value.get("choices"), list):
@@ -345,7 +390,8 @@ def _min_entry(record: str, item: Any, fail: _Fail) -> _Entry:
         label = choices[0]
     else:
         raise fail(record, f"'{CHOICES_TAG}' is not a class name: {value!r}")
-    return _Entry(record, sample_id, label if label.strip() else None)
+    votes = (label,) if label.strip() else ()
+    return _Entry(record, sample_id, votes, image=image, batch_id=batch)
 
 
 def _sample_id(record: str, value: Any, where: str, fail: _Fail) -> str:
@@ -354,6 +400,10 @@ def _sample_id(record: str, value: Any, where: str, fail: _Fail) -> str:
     if not isinstance(value, str) or not value.strip():
         raise fail(record, f"sample id ({where}) must be a non-empty string, got {value!r}")
     return value
+
+
+def _optional_str(value: Any) -> str | None:
+    return value if isinstance(value, str) and value else None
 
 
 def _json_kind(value: Any) -> str:
@@ -382,6 +432,9 @@ def _csv_entries(text: str, fail: _Fail) -> Iterator[_Entry]:
             if columns.count(name) > 1:
                 raise fail("line 1", f"CSV header names column {name!r} twice")
         id_at, label_at = columns.index(id_column), columns.index(CHOICES_TAG)
+        optional = {name: columns.index(name) for name in (IMAGE_TAG, "batch_id") if name in columns}
+        # Label Studio's CSV export has a row per annotation: repeats are votes there.
+        annotated = "annotation_id" in columns or "annotator" in columns
 
         rows = 0
         last_line = reader.line_num
@@ -397,7 +450,11 @@ def _csv_entries(text: str, fail: _Fail) -> Iterator[_Entry]:
             if not sample_id:
                 raise fail(record, f"missing sample id (column {id_column!r})")
             label = row[label_at].strip()
-            yield _Entry(record, sample_id, label or None)
+            extra = {name: row[at].strip() or None for name, at in optional.items()}
+            yield _Entry(
+                record, sample_id, (label,) if label else (), image=extra.get(IMAGE_TAG),
+                batch_id=extra.get("batch_id"), annotated=annotated,
+            )
     except csv.Error as exc:
         raise fail(f"line {reader.line_num}", f"malformed CSV: {exc}") from None
     if rows == 0:

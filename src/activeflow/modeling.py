@@ -11,6 +11,8 @@ from __future__ import annotations
 import io
 import os
 import tempfile
+import threading
+import weakref
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -182,3 +184,110 @@ def model_from_bytes(data: bytes) -> keras.Model:
         path = Path(folder) / "model.keras"
         path.write_bytes(data)
         return keras.models.load_model(path, safe_mode=True, compile=False)
+
+
+# --- what the active-learning strategies need beyond probabilities ---------------------------
+
+
+class ForwardOutputs(BaseModel):
+    """One pass of a model over a batch of images, with what selection strategies need.
+
+    probs: [n, C] float64, rows summing to 1 (as ``predict_proba``).
+    embeddings: [n, d] float32 penultimate features (the input of the "dropout" layer), or None.
+    mc_probs: [T, n, C] float64, T stochastic passes with dropout on, or None.
+    """
+
+    model_config = {"arbitrary_types_allowed": True}
+
+    probs: np.ndarray
+    embeddings: np.ndarray | None = None
+    mc_probs: np.ndarray | None = None
+
+
+def _layer(model: keras.Model, name: str) -> keras.Layer:
+    try:
+        return model.get_layer(name)
+    except ValueError:
+        raise ValueError(
+            f"model {model.name!r} has no {name!r} layer; models from build_classifier have "
+            "backbone -> dropout -> head: retrain to get one"
+        ) from None
+
+
+# One two-output view per model, so its predict function is traced once, not once per shard.
+_FEATURE_VIEWS: weakref.WeakKeyDictionary[keras.Model, keras.Model] = weakref.WeakKeyDictionary()
+_FEATURE_VIEWS_LOCK = threading.Lock()
+
+
+def _with_features(model: keras.Model) -> keras.Model:
+    """``model`` with a second output: the penultimate features (input of "dropout")."""
+    with _FEATURE_VIEWS_LOCK:
+        view = _FEATURE_VIEWS.get(model)
+        if view is None:
+            features = _layer(model, "dropout").input
+            view = keras.Model(model.inputs, [features, model.output], name=f"{model.name}_features")
+            _FEATURE_VIEWS[model] = view
+        return view
+
+
+def _normalised(probs: np.ndarray) -> np.ndarray:
+    probs = np.asarray(probs, dtype=np.float64)
+    return probs / probs.sum(axis=-1, keepdims=True)
+
+
+def forward_pool(
+    model: keras.Model,
+    x: np.ndarray,
+    batch_size: int,
+    *,
+    embeddings: bool = False,
+    mc_passes: int = 0,
+    seed: int | Sequence[int] = 0,
+) -> ForwardOutputs:
+    """Probabilities, and on request embeddings and Monte-Carlo-dropout passes, of ``x``.
+
+    The backbone (the expensive part) runs once, in inference mode, over the whole batch; its
+    pooled features are the embeddings. Each of the ``mc_passes`` stochastic passes then drops
+    features with the model's own dropout rate (inverted dropout, exactly what the "dropout"
+    layer does in training) and applies the "head" layer: T passes cost one backbone pass plus
+    T small matrix products, and BatchNorm in the backbone stays in inference mode. (Calling
+    the whole model with ``training=True`` would not do that: Keras 3 passes the outer
+    ``training`` flag into the backbone and overrides the ``training=False`` it was built with,
+    so BatchNorm would use, and update, batch statistics.) The dropout masks come from
+    ``numpy.random.default_rng(seed)``, so a pass is reproducible.
+    """
+    if mc_passes < 0:
+        raise ValueError(f"mc_passes must be >= 0, got {mc_passes}")
+    num_classes = model.output_shape[-1]
+    features_layer = _layer(model, "dropout")
+    if len(x) == 0:
+        return ForwardOutputs(
+            probs=np.zeros((0, num_classes)),
+            embeddings=np.zeros((0, features_layer.input.shape[-1]), np.float32) if embeddings else None,
+            mc_probs=np.zeros((mc_passes, 0, num_classes)) if mc_passes else None,
+        )
+    if not embeddings and not mc_passes:
+        return ForwardOutputs(probs=predict_proba(model, x, batch_size))
+    features, probs = _with_features(model).predict(x, batch_size=batch_size, verbose=0)
+    features = np.asarray(features, dtype=np.float32)  # [n, d]
+    mc_probs = None
+    if mc_passes:
+        rate = float(features_layer.rate)
+        if rate <= 0.0:
+            raise ValueError(
+                "Monte-Carlo dropout needs model.dropout > 0; this model was built with 0, so "
+                "every pass would be the same (BALD would be 0 everywhere)"
+            )
+        head = _layer(model, "head")
+        rng = np.random.default_rng(seed)
+        passes = []
+        for _ in range(mc_passes):
+            keep = rng.random(features.shape, dtype=np.float32) >= rate  # [n, d]
+            dropped = np.where(keep, features / (1.0 - rate), 0.0).astype(np.float32)
+            passes.append(_normalised(keras.ops.convert_to_numpy(head(dropped))))  # [n, C]
+        mc_probs = np.stack(passes)  # [T, n, C]
+    return ForwardOutputs(
+        probs=_normalised(probs),
+        embeddings=features if embeddings else None,
+        mc_probs=mc_probs,
+    )

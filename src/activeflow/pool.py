@@ -8,7 +8,6 @@ test from them, so a crash between two writes leaves nothing false behind.
 from __future__ import annotations
 
 import secrets
-from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Literal
@@ -39,8 +38,14 @@ def manifest_key(batch_id: str) -> str:
     return f"batches/{batch_id}/manifest.json"
 
 
-def labels_key(batch_id: str) -> str:
-    return f"labels/{batch_id}.jsonl"
+def labels_key(batch_id: str, import_id: str) -> str:
+    # One object per import that added labels; its id is the hash of what it added, so
+    # the same import twice (even concurrently) is one conditional create.
+    return f"labels/{batch_id}/{import_id}.jsonl"
+
+
+def release_key(batch_id: str) -> str:
+    return f"batches/{batch_id}/released.json"
 
 
 def model_key(version: str) -> str:
@@ -95,6 +100,9 @@ class BatchItemRecord(BaseModel):
     score: float
     predicted: str | None = None
     confidence: float | None = None
+    # Drawn uniformly from the pool (strategy.random_fraction), not by the strategy: these
+    # items give an unbiased estimate of the model's accuracy on the pool.
+    random_slice: bool = False
 
 
 class BatchManifest(BaseModel):
@@ -120,6 +128,13 @@ class ImportedLabel(BaseModel):
     imported_at: str
 
 
+class BatchRelease(BaseModel):
+    batch_id: str
+    released_at: str
+    reason: str
+    returned: list[str] = Field(description="sample ids sent back to the pool")
+
+
 class Promotion(BaseModel):
     sequence: int
     version: str
@@ -136,6 +151,7 @@ class PoolState:
     samples: dict[str, IngestRecord] = field(default_factory=dict)
     batches: dict[str, BatchManifest] = field(default_factory=dict)
     batch_labels: dict[str, list[ImportedLabel]] = field(default_factory=dict)
+    released: dict[str, BatchRelease] = field(default_factory=dict)
     quarantined: int = 0
     champion: Promotion | None = None
 
@@ -156,13 +172,21 @@ class PoolState:
                 labels.setdefault(record.sample_id, record.label)
         return labels
 
+    def waiting(self, batch_id: str) -> list[str]:
+        """Samples of a batch still waiting for a label (none once it is released)."""
+        if batch_id in self.released:
+            return []
+        done = {label.sample_id for label in self.batch_labels.get(batch_id, [])}
+        return [sid for sid in self.batches[batch_id].sample_ids if sid not in done]
+
     @property
     def open_batches(self) -> list[str]:
-        return sorted(b for b in self.batches if b not in self.batch_labels)
+        return sorted(b for b in self.batches if self.waiting(b))
 
     @property
     def queued(self) -> set[str]:
-        return {sid for b in self.open_batches for sid in self.batches[b].sample_ids}
+        labelled = self.labelled
+        return {sid for b in self.open_batches for sid in self.waiting(b) if sid not in labelled}
 
     @property
     def unlabelled(self) -> list[str]:
@@ -174,7 +198,9 @@ class PoolState:
 
     @property
     def budget_spent(self) -> int:
-        return sum(len(manifest.items) for manifest in self.batches.values())
+        """Labels asked for: every batch item, less those a release handed back unlabelled."""
+        returned = sum(len(release.returned) for release in self.released.values())
+        return sum(len(manifest.items) for manifest in self.batches.values()) - returned
 
     def budget_remaining(self, total: int | None) -> int | None:
         return None if total is None else max(total - self.budget_spent, 0)
@@ -202,11 +228,14 @@ def load_state(store: ObjectStore) -> PoolState:
         if key.endswith("/manifest.json"):
             manifest = BatchManifest.model_validate(get_json(store, key))
             state.batches[manifest.batch_id] = manifest
+        elif key.endswith("/released.json"):
+            release = BatchRelease.model_validate(get_json(store, key))
+            state.released[release.batch_id] = release
     for key in store.list("labels/"):
-        batch_id = key.removeprefix("labels/").removesuffix(".jsonl")
-        state.batch_labels[batch_id] = [
+        batch_id = key.split("/")[1]
+        state.batch_labels.setdefault(batch_id, []).extend(
             ImportedLabel.model_validate(row) for row in get_jsonl(store, key)
-        ]
+        )
     state.quarantined = sum(1 for key in store.list("quarantine/") if key.endswith(".json"))
     state.champion = current_champion(store)
     return state
@@ -219,7 +248,3 @@ def promotions(store: ObjectStore) -> list[Promotion]:
 def current_champion(store: ObjectStore) -> Promotion | None:
     keys = store.list("models/champion/")
     return Promotion.model_validate(get_json(store, keys[-1])) if keys else None
-
-
-def known_ids(records: Iterable[IngestRecord]) -> set[str]:
-    return {record.id for record in records}

@@ -3,6 +3,14 @@
 A scoring run writes ``scores/<model-version>/<run>/part-NNNNN.parquet``, one per
 shard, and then ``_SUCCESS.json``; only runs with that marker are read, so a run that
 died half-way is simply ignored. Memory per shard is bounded by ``scoring.shard_size``.
+
+Besides the per-sample criteria, every part holds the class probabilities (``probs``, one
+fixed-size list of C per row), so any strategy can select from them. What a strategy needs
+beyond that (``strategies.REQUIREMENTS``) is stored only when ``strategy.name`` asks for it, so
+the plain criteria cost no extra forward passes: ``embedding`` (the penultimate features, d
+float32) for coreset / badge / margin-diverse, and ``mc_probs`` (T x C float32, pass-major) with
+its ``bald`` score for bald. Columns in one row always describe the same sample, so filtering
+and sorting a table keeps them aligned.
 """
 
 from __future__ import annotations
@@ -26,6 +34,11 @@ SCORE_SCHEMA = pa.schema(
     [("id", pa.string()), ("predicted", pa.string()), ("confidence", pa.float64())]
     + [(criterion, pa.float64()) for criterion in strategies.CRITERIA]
 )
+# Optional columns beyond SCORE_SCHEMA (their list sizes depend on the model).
+PROBS_COLUMN = "probs"  # fixed_size_list<float64>[C]
+EMBEDDING_COLUMN = "embedding"  # fixed_size_list<float32>[d]
+MC_COLUMN = "mc_probs"  # fixed_size_list<float32>[T * C], pass t at [t * C, (t + 1) * C)
+BALD_COLUMN = "bald"  # float64
 
 
 class ScoringError(ValueError):
@@ -82,17 +95,41 @@ def score_shard(
     blobs = [store.get(key) for key in keys]
     sample_ids = [PurePosixPath(key).stem for key in keys]
     pixels = modeling.decode_images(blobs, settings.model.image_size)
+    needs = strategies.REQUIREMENTS[settings.strategy.name]
+    passes = settings.strategy.mc_passes if "mc_probs" in needs else 0
     with lock:  # one predict at a time per model: Keras builds its predict function lazily
-        probs = modeling.predict_proba(model, pixels, settings.model.batch_size)
-    table = scores_table(sample_ids, probs, settings.data.classes)
+        out = modeling.forward_pool(
+            model,
+            pixels,
+            settings.model.batch_size,
+            embeddings="embeddings" in needs,
+            mc_passes=passes,
+            # Dropout masks differ per shard and scoring run, yet a rerun repeats them.
+            seed=[settings.strategy.seed, shard_index, *run_id.encode()],
+        )
+    table = scores_table(
+        sample_ids, out.probs, settings.data.classes, embeddings=out.embeddings, mc_probs=out.mc_probs
+    )
     buffer = io.BytesIO()
     pq.write_table(table, buffer)
     store.put(f"{run_prefix(model_version, run_id)}part-{shard_index:05d}.parquet", buffer.getvalue())
     return len(sample_ids)
 
 
-def scores_table(sample_ids: Sequence[str], probs: np.ndarray, classes: Sequence[str]) -> pa.Table:
-    probs = strategies.validate_probabilities(probs)  # [n, C]
+def scores_table(
+    sample_ids: Sequence[str],
+    probs: np.ndarray,
+    classes: Sequence[str],
+    *,
+    embeddings: np.ndarray | None = None,
+    mc_probs: np.ndarray | None = None,
+) -> pa.Table:
+    """The scores of one shard: SCORE_SCHEMA's columns, ``probs``, and ``embedding`` [n, d] /
+    ``mc_probs`` [T, n, C] + ``bald`` when given."""
+    outputs = strategies.PoolOutputs(probs=probs, embeddings=embeddings, mc_probs=mc_probs)
+    probs = outputs.probs  # [n, C], validated
+    if len(sample_ids) != outputs.n:
+        raise ScoringError(f"{len(sample_ids)} sample ids for {outputs.n} rows of probabilities")
     if len(classes) != probs.shape[1]:
         raise ScoringError(
             f"the model has {probs.shape[1]} outputs but data.classes lists {len(classes)}"
@@ -105,7 +142,72 @@ def scores_table(sample_ids: Sequence[str], probs: np.ndarray, classes: Sequence
     }
     for criterion in strategies.CRITERIA:
         columns[criterion] = pa.array(strategies.score(criterion, probs))
-    return pa.table(columns, schema=SCORE_SCHEMA)
+    table = pa.table(columns, schema=SCORE_SCHEMA)
+    table = table.append_column(PROBS_COLUMN, _fixed_size_lists(probs, pa.float64()))
+    if outputs.embeddings is not None:
+        table = table.append_column(EMBEDDING_COLUMN, _fixed_size_lists(outputs.embeddings, pa.float32()))
+    if outputs.mc_probs is not None:
+        per_sample = outputs.mc_probs.transpose(1, 0, 2).reshape(outputs.n, -1)  # [n, T * C]
+        table = table.append_column(MC_COLUMN, _fixed_size_lists(per_sample, pa.float32()))
+        table = table.append_column(BALD_COLUMN, pa.array(strategies.bald(outputs.mc_probs)))
+    return table
+
+
+def _fixed_size_lists(rows: np.ndarray, value_type: pa.DataType) -> pa.FixedSizeListArray:
+    rows = np.ascontiguousarray(rows, dtype=value_type.to_pandas_dtype())  # [n, w]
+    return pa.FixedSizeListArray.from_arrays(pa.array(rows.reshape(-1), value_type), rows.shape[1])
+
+
+def _matrix(table: pa.Table, column: str) -> np.ndarray | None:
+    """A fixed-size list column as a [rows, w] array (no copy where Arrow allows), or None."""
+    if column not in table.column_names:
+        return None
+    chunks = table.column(column).combine_chunks()  # fixed_size_list<...>[w]
+    width = chunks.type.list_size
+    return chunks.flatten().to_numpy(zero_copy_only=False).reshape(len(chunks), width)
+
+
+def probs_of(table: pa.Table) -> np.ndarray | None:
+    """Class probabilities [n, C] (float64) of a scores table, or None if not stored."""
+    return _matrix(table, PROBS_COLUMN)
+
+
+def embeddings_of(table: pa.Table) -> np.ndarray | None:
+    """Penultimate-layer embeddings [n, d] (float32) of a scores table, or None if not stored."""
+    return _matrix(table, EMBEDDING_COLUMN)
+
+
+def mc_probs_of(table: pa.Table, num_classes: int) -> np.ndarray | None:
+    """Monte-Carlo dropout passes [T, n, C] (float64, rows renormalised after float32 storage)
+    of a scores table, or None if not stored."""
+    flat = _matrix(table, MC_COLUMN)  # [n, T * C]
+    if flat is None:
+        return None
+    passes = flat.shape[1] // num_classes
+    mc = flat.reshape(flat.shape[0], passes, num_classes).transpose(1, 0, 2).astype(np.float64)
+    return mc / mc.sum(axis=2, keepdims=True)  # [T, n, C]
+
+
+def predict_classes(
+    store: ObjectStore, settings: Settings, model_version: str, keys: Sequence[str]
+) -> np.ndarray:
+    """Predicted class indices [len(keys)] of the samples at ``keys`` under a model."""
+    model, lock = _loaded_model(store, model_version)
+    pixels = modeling.decode_images([store.get(key) for key in keys], settings.model.image_size)
+    with lock:
+        probs = modeling.predict_proba(model, pixels, settings.model.batch_size)
+    return probs.argmax(axis=1)
+
+
+def embed_samples(
+    store: ObjectStore, settings: Settings, model_version: str, keys: Sequence[str]
+) -> np.ndarray:
+    """Penultimate-layer embeddings [len(keys), d] of the samples at ``keys`` under a model."""
+    model, lock = _loaded_model(store, model_version)
+    pixels = modeling.decode_images([store.get(key) for key in keys], settings.model.image_size)
+    with lock:
+        out = modeling.forward_pool(model, pixels, settings.model.batch_size, embeddings=True)
+    return out.embeddings
 
 
 def commit_scores(store: ObjectStore, plan: ScoringPlan, scored: int) -> None:

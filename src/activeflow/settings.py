@@ -27,7 +27,7 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
-from activeflow.strategies import StrategyName
+from activeflow.strategies import SelectorName, StrategyName  # noqa: F401 (re-exported)
 
 BackboneName = Literal["small_cnn", "mobilenet_v2", "inception_v3"]
 
@@ -65,8 +65,24 @@ class BudgetSettings(_Group):
 
 
 class StrategySettings(_Group):
-    name: StrategyName = Field("margin", description="How a batch is selected.")
+    name: SelectorName = Field("margin", description="How a batch is selected.")
     seed: int = Field(0, description="Seed for random selection and cold starts.")
+    random_fraction: float = Field(
+        0.1,
+        ge=0.0,
+        lt=1.0,
+        description=(
+            "Share of each batch drawn uniformly at random from the pool (at least 1 item when "
+            "above 0 and the batch has 2+), for an unbiased estimate of the champion's accuracy "
+            "on the pool; 0 turns the random slice off."
+        ),
+    )
+    mc_passes: int = Field(
+        10,
+        ge=2,
+        le=100,
+        description="bald: Monte-Carlo dropout passes T per scored sample (dropout on at inference).",
+    )
 
 
 class ModelSettings(_Group):
@@ -115,17 +131,40 @@ class DataSettings(_Group):
         return value
 
 
+class LabellingSettings(_Group):
+    min_agreement: float = Field(
+        0.5,
+        gt=0,
+        le=1,
+        description="Share of a sample's annotations its majority label needs; ties never pass.",
+    )
+    release_after_hours: float | None = Field(
+        None,
+        gt=0,
+        description="Release a batch's unlabelled samples back to the pool after this long; "
+        "None keeps batches open.",
+    )
+    url_expiry_hours: int = Field(
+        168, ge=1, le=168, description="Lifetime of presigned S3 image links (7 days at most)."
+    )
+    local_files_root: str | None = Field(
+        None,
+        description="LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT of the Label Studio serving a local "
+        "store's images; defaults to the store root.",
+    )
+
+
 class LabelStudioSettings(_Group):
     url: str | None = Field(
         None,
-        description="Base URL of a Label Studio server, e.g. http://localhost:8080; None: no Label Studio.",
+        description="Label Studio server, e.g. http://localhost:8080; None: not used.",
     )
     api_key: SecretStr | None = Field(
         None,
-        description="Personal access token (Label Studio: Account & Settings > Personal Access Token).",
+        description="Personal access token (Account & Settings > Personal Access Token).",
     )
     project_title: str = Field(
-        "activeflow", description="Title of the Label Studio project batches go to; made if missing."
+        "activeflow", description="Label Studio project that batches go to; made if missing."
     )
 
     @field_validator("url")
@@ -140,6 +179,64 @@ class LabelStudioSettings(_Group):
     def _title_not_empty(cls, value: str) -> str:
         if not value.strip():
             raise ValueError("must not be empty")
+        return value
+
+
+class ScheduleSettings(_Group):
+    """How ``activeflow serve`` runs the pipeline unattended."""
+
+    cron: str = Field(
+        "0 2 * * *",
+        description="When ingest-score-export runs (cron, 5 fields); default nightly at 02:00.",
+    )
+    timezone: str = Field("UTC", description="IANA time zone the cron expression is read in.")
+    source: str | None = Field(
+        None,
+        description="Folder or s3://bucket/prefix where new images arrive; each scheduled run "
+        "ingests what is new there. None: scheduled runs score and export only.",
+    )
+    watch_interval_seconds: int = Field(
+        300, ge=5, description="How often watch-labels looks for dropped label exports."
+    )
+    labels_drop_prefix: str = Field(
+        "incoming-labels/",
+        description="Where in the store labellers drop completed exports as <batch-id>.json or .csv.",
+    )
+    export_lock_seconds: int = Field(
+        600,
+        ge=2,
+        description="Lease of the export lock; renewed while an export runs, taken over once a "
+        "crashed holder's lease is this old.",
+    )
+    max_workers: int = Field(
+        2, ge=1, le=64, description="Threads a served flow scores shards with (bounds memory)."
+    )
+
+    @field_validator("cron")
+    @classmethod
+    def _five_fields(cls, value: str) -> str:
+        if len(value.split()) != 5:
+            raise ValueError(
+                f"{value!r} is not a 5-field cron expression (minute hour day month weekday)"
+            )
+        return value
+
+    @field_validator("timezone")
+    @classmethod
+    def _known_zone(cls, value: str) -> str:
+        from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+        try:
+            ZoneInfo(value)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError(f"{value!r} is not an IANA time zone (e.g. UTC, Europe/Berlin)") from None
+        return value
+
+    @field_validator("labels_drop_prefix")
+    @classmethod
+    def _folder_prefix(cls, value: str) -> str:
+        if not value.endswith("/") or value.startswith("/") or "//" in value or len(value) < 2:
+            raise ValueError(f"{value!r} must be a relative folder in the store ending in '/'")
         return value
 
 
@@ -162,7 +259,9 @@ class Settings(BaseSettings):
     model: ModelSettings = Field(default_factory=ModelSettings)
     scoring: ScoringSettings = Field(default_factory=ScoringSettings)
     data: DataSettings = Field(default_factory=DataSettings)
+    labelling: LabellingSettings = Field(default_factory=LabellingSettings)
     label_studio: LabelStudioSettings = Field(default_factory=LabelStudioSettings)
+    schedule: ScheduleSettings = Field(default_factory=ScheduleSettings)
 
     @classmethod
     def settings_customise_sources(

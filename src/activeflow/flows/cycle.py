@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-from prefect import flow
+from prefect import flow, tags
 from prefect.task_runners import ThreadPoolTaskRunner
 from pydantic import BaseModel
 
@@ -8,8 +8,11 @@ from activeflow.batches import ExportResult
 from activeflow.flows.retrain import retrain_model
 from activeflow.flows.score import SCORING_WORKERS, score_pool
 from activeflow.settings import Settings, load_settings
-from activeflow.tasks.batches import export_batch
+from activeflow.tasks.batches import export_batch, report_batch
+from activeflow.selection import PoolAccuracyEstimate
+from activeflow.stopping import StoppingSignal
 from activeflow.tasks.labels import import_label_bytes
+from activeflow.tasks.signals import pool_estimate, stopping_signal
 from activeflow.tasks.simulation import load_ground_truth, oracle_answers
 from activeflow.tasks.status import pool_status
 from activeflow.training import PromotionDecision
@@ -19,6 +22,9 @@ class RoundResult(BaseModel):
     round: int
     batch: ExportResult
     retrain: PromotionDecision | None = None
+    # After a retrain: the batch's random slice against its labels, and whether to stop.
+    pool_estimate: PoolAccuracyEstimate | None = None
+    stopping: StoppingSignal | None = None
 
 
 def run_round(settings: Settings, number: int, truth: dict[str, str] | None) -> RoundResult:
@@ -28,11 +34,15 @@ def run_round(settings: Settings, number: int, truth: dict[str, str] | None) -> 
     if pool_status(settings)["champion"] is not None:
         score_pool(settings)
     result = RoundResult(round=number, batch=export_batch(settings))
+    report_batch(settings, result.batch)
     if truth is not None and result.batch.batch_id is not None:
         batch_id = result.batch.batch_id
-        answers = oracle_answers(settings, batch_id, truth)
-        import_label_bytes(settings, batch_id, f"oracle-{batch_id}.csv", answers)
-        result.retrain = retrain_model(settings)
+        with tags(f"batch:{batch_id}"):
+            answers = oracle_answers(settings, batch_id, truth)
+            import_label_bytes(settings, batch_id, f"oracle-{batch_id}.csv", answers)
+            result.retrain = retrain_model(settings)
+            result.pool_estimate = pool_estimate(settings, batch_id)
+            result.stopping = stopping_signal(settings)
     return result
 
 

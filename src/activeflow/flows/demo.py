@@ -12,7 +12,7 @@ from activeflow.flows.cycle import run_round
 from activeflow.flows.retrain import retrain_model
 from activeflow.flows.score import SCORING_WORKERS
 from activeflow.reporting import CurvePoint, round_table, write_report
-from activeflow.settings import Settings, StrategyName
+from activeflow.settings import SelectorName, Settings
 from activeflow.tasks.ingest import ingest_source
 from activeflow.tasks.simulation import load_ground_truth
 from activeflow.training import PromotionDecision
@@ -45,7 +45,7 @@ def _point(strategy: str, number: int, decision: PromotionDecision) -> CurvePoin
 def demo_flow(
     settings: Settings,
     out: str = "activeflow-demo",
-    strategies: list[StrategyName] = ["margin", "random"],  # noqa: B006 (Prefect shows it in the form)
+    strategies: list[SelectorName] = ["margin", "random"],  # noqa: B006 (Prefect shows it in the form)
     rounds: int = 8,
 ) -> DemoResult:
     """The whole loop on scikit-learn's digits, once per strategy, into one report.

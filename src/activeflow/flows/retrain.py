@@ -1,15 +1,20 @@
 from __future__ import annotations
 
-from prefect import flow
+from prefect import flow, tags
 
 from activeflow.settings import Settings, load_settings
-from activeflow.tasks.training import promote_if_not_worse, train_candidate
+from activeflow.tasks.training import promote_if_not_worse, report_training, train_candidate
 from activeflow.training import PromotionDecision
 
 
 def retrain_model(settings: Settings) -> PromotionDecision:
-    """Train a candidate, then gate its promotion. Call inside a flow."""
-    return promote_if_not_worse(settings, train_candidate(settings))
+    """Train a candidate, gate its promotion, publish its metrics and the learning
+    curve. Call inside a flow."""
+    metrics = train_candidate(settings)
+    with tags(f"model:{metrics.version}"):
+        decision = promote_if_not_worse(settings, metrics)
+        report_training(settings, metrics, decision)
+    return decision
 
 
 @flow(name="retrain")

@@ -8,9 +8,12 @@ from activeflow.pool import Split
 from activeflow.settings import Settings
 from activeflow.sources import iter_source
 from activeflow.store import open_store
+from activeflow.tasks.retry import STORE_RETRIES
 
 
-@task(name="ingest-source", task_run_name="ingest {source}", cache_policy=NO_CACHE)
+@task(
+    name="ingest-source", task_run_name="ingest {source}", cache_policy=NO_CACHE, **STORE_RETRIES
+)
 def ingest_source(source: str, split: Split, settings: Settings) -> IngestReport:
     images = iter_source(source, labelled=split != "pool", storage=settings.storage)
     return ingest_images(

@@ -1,25 +1,67 @@
 from __future__ import annotations
 
 from prefect import task
+from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 
+from activeflow import monitoring
 from activeflow.label_import import ImportReport, import_labels
+from activeflow.labelling import LabelFileError
 from activeflow.pool import load_state
 from activeflow.settings import Settings
-from activeflow.sources import read_location
+from activeflow.sources import SourceError, read_location
 from activeflow.store import open_store
+from activeflow.tasks.retry import STORE_RETRIES
 
 
-@task(name="import-labels", task_run_name="import labels of {batch_id}", cache_policy=NO_CACHE)
+@task(
+    name="import-labels",
+    task_run_name="import labels of {batch_id}",
+    cache_policy=NO_CACHE,
+    **STORE_RETRIES,
+)
 def import_label_file(settings: Settings, batch_id: str, labels_uri: str) -> ImportReport:
-    content = read_location(labels_uri, storage=settings.storage)
-    store = open_store(settings.storage)
-    return import_labels(store, load_state(store), settings, batch_id, labels_uri, content)
+    try:
+        content = read_location(labels_uri, storage=settings.storage)
+        store = open_store(settings.storage)
+        report = import_labels(store, load_state(store), settings, batch_id, labels_uri, content)
+    except (LabelFileError, SourceError) as error:
+        _publish_refusal(batch_id, labels_uri, error)
+        raise
+    _publish(report)
+    return report
 
 
-@task(name="import-label-bytes", task_run_name="import answers for {batch_id}", cache_policy=NO_CACHE)
+@task(
+    name="import-label-bytes",
+    task_run_name="import answers for {batch_id}",
+    cache_policy=NO_CACHE,
+    **STORE_RETRIES,
+)
 def import_label_bytes(
     settings: Settings, batch_id: str, file_name: str, content: bytes
 ) -> ImportReport:
     store = open_store(settings.storage)
-    return import_labels(store, load_state(store), settings, batch_id, file_name, content)
+    try:
+        report = import_labels(store, load_state(store), settings, batch_id, file_name, content)
+    except LabelFileError as error:
+        _publish_refusal(batch_id, file_name, error)
+        raise
+    _publish(report)
+    return report
+
+
+def _publish(report: ImportReport) -> None:
+    create_markdown_artifact(
+        monitoring.import_summary(report),
+        key="label-import",
+        description=f"Labels of batch {report.batch_id}: {report.imported} imported",
+    )
+
+
+def _publish_refusal(batch_id: str, file: str, error: Exception) -> None:
+    create_markdown_artifact(
+        monitoring.import_refused(batch_id, file, error),
+        key="label-import",
+        description=f"Labels of batch {batch_id}: refused",
+    )

@@ -7,9 +7,10 @@ from activeflow import scoring
 from activeflow.pool import load_state
 from activeflow.settings import Settings
 from activeflow.store import open_store
+from activeflow.tasks.retry import STORE_RETRIES
 
 
-@task(name="plan-scoring", cache_policy=NO_CACHE)
+@task(name="plan-scoring", cache_policy=NO_CACHE, **STORE_RETRIES)
 def plan_scoring(settings: Settings) -> scoring.ScoringPlan:
     state = load_state(open_store(settings.storage))
     return scoring.plan_scoring(state, settings.scoring.shard_size)
@@ -19,8 +20,7 @@ def plan_scoring(settings: Settings) -> scoring.ScoringPlan:
     name="score-shard",
     task_run_name="score shard {shard_index} with {model_version}",
     cache_policy=NO_CACHE,
-    retries=2,
-    retry_delay_seconds=2,
+    **STORE_RETRIES,
 )
 def score_shard(
     settings: Settings, model_version: str, run_id: str, shard_index: int, keys: list[str]
@@ -29,6 +29,6 @@ def score_shard(
     return scoring.score_shard(store, settings, model_version, run_id, shard_index, keys)
 
 
-@task(name="commit-scores", cache_policy=NO_CACHE)
+@task(name="commit-scores", cache_policy=NO_CACHE, **STORE_RETRIES)
 def commit_scores(settings: Settings, plan: scoring.ScoringPlan, scored: int) -> None:
     scoring.commit_scores(open_store(settings.storage), plan, scored)

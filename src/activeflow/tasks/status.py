@@ -6,8 +6,9 @@ from prefect.cache_policies import NO_CACHE
 from activeflow.pool import load_state
 from activeflow.settings import Settings
 from activeflow.store import open_store
+from activeflow.tasks.retry import STORE_RETRIES
 
 
-@task(name="pool-status", cache_policy=NO_CACHE)
+@task(name="pool-status", cache_policy=NO_CACHE, **STORE_RETRIES)
 def pool_status(settings: Settings) -> dict[str, object]:
     return load_state(open_store(settings.storage)).summary(settings.budget.total)

@@ -1,0 +1,104 @@
+"""Label efficiency of every strategy against random, on the bundled digits by default.
+
+The same core functions as the `benchmark` flow (activeflow.label_efficiency), without Prefect:
+the (strategy, seed) runs go to a pool of worker processes (TensorFlow trains tiny models with
+Python overhead that threads would serialise on the GIL). Seed-major order, and every finished
+run is appended to runs.jsonl at once, so a run cut short still has whole seeds to report on
+(--report-only re-summarises them). Writes benchmark.json, learning_curve.png and table.md.
+
+    python benchmarks/label_efficiency.py [--seeds 5] [--rounds 8] [--budget 20] [--workers 2]
+        [--strategies margin,entropy,...] [--dataset FOLDER|tfds:NAME] [--report-only]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing
+import os
+import sys
+import tempfile
+import time
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from pathlib import Path
+
+RESULTS = Path(__file__).parent / "results" / "label_efficiency"
+
+
+def _worker_init() -> None:
+    # One TensorFlow thread per worker: the workers are the parallelism.
+    os.environ["TF_NUM_INTRAOP_THREADS"] = "1"
+    os.environ["TF_NUM_INTEROP_THREADS"] = "1"
+
+
+def _run(spec_json: str) -> list[dict]:
+    from activeflow import label_efficiency as le
+
+    spec = le.RunSpec.model_validate_json(spec_json)
+    return [r.model_dump() for r in le.run_strategy_seed(spec)]
+
+
+def main() -> None:
+    from activeflow import label_efficiency as le
+    from activeflow.demo_data import demo_settings
+    from activeflow.settings import load_settings
+
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--strategies", default=",".join(le.DEFAULT_STRATEGIES))
+    parser.add_argument("--seeds", type=int, default=5)
+    parser.add_argument("--rounds", type=int, default=8)
+    parser.add_argument("--budget", type=int, default=20)
+    parser.add_argument("--dataset", default=None)
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument("--report-only", action="store_true", help="summarise out/runs.jsonl again")
+    args = parser.parse_args()
+
+    config = le.BenchmarkConfig(
+        strategies=args.strategies.split(","), seeds=args.seeds, rounds=args.rounds,
+        budget=args.budget, dataset=args.dataset,
+    )
+    settings = demo_settings(load_settings(), per_run=args.budget)
+    args.out.mkdir(parents=True, exist_ok=True)
+    runs_file = args.out / "runs.jsonl"
+    started = time.time()
+    if not args.report_only:
+        runs_file.write_text("")
+        with tempfile.TemporaryDirectory(prefix="activeflow-benchmark-") as folder:
+            data = le.prepare_dataset(Path(folder) / "data", config.dataset, config.test_size)
+            specs = le.run_specs(config, data, settings, Path(folder))
+            context = multiprocessing.get_context("spawn")  # TensorFlow is not fork-safe
+            with ProcessPoolExecutor(args.workers, mp_context=context, initializer=_worker_init) as pool:
+                pending = {pool.submit(_run, spec.model_dump_json()): spec for spec in specs}
+                while pending:
+                    done, _ = wait(pending, return_when=FIRST_COMPLETED)
+                    for future in done:
+                        spec = pending.pop(future)
+                        records = future.result()
+                        with runs_file.open("a") as handle:
+                            handle.writelines(json.dumps(r) + "\n" for r in records)
+                        last = records[-1]
+                        print(f"[{time.time() - started:7.0f}s] {spec.strategy:>16} seed {spec.seed}: "
+                              f"{last['labels']} labels, accuracy {last['accuracy']:.3f}", flush=True)
+
+    records = [le.RoundRecord.model_validate_json(line) for line in runs_file.read_text().splitlines() if line]
+    # Only seeds every strategy finished, so the comparison stays paired.
+    names = set(config.all_strategies)
+    complete = {
+        seed for seed in {r.seed for r in records}
+        if {r.strategy for r in records if r.seed == seed} >= names
+    }
+    kept = [r for r in records if r.seed in complete and r.strategy in names]
+    if len(complete) < config.seeds:
+        print(f"only seeds {sorted(complete)} are complete for every strategy; reporting those", file=sys.stderr)
+    files = le.write_benchmark_report(
+        args.out, config, kept, settings=settings,
+        extra={"seeds_reported": sorted(complete), "workers": args.workers,
+               **({} if args.report_only else {"wall_seconds": time.time() - started})},
+    )
+    print(files["table"].read_text())
+    print(f"wrote {', '.join(str(p) for p in files.values())}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,121 @@
+"""The deployments ``activeflow serve`` serves: schedules, a manual trigger, an event trigger.
+
+- ``ingest-score-export/activeflow``: on the cron schedule ``schedule.cron`` (default
+  nightly), ingest new images from ``schedule.source``, score the pool with the champion
+  and export the next labelling batch within the budget.
+- ``import-and-retrain/activeflow``: no schedule. Run by hand once labelling is done
+  (``prefect deployment run 'import-and-retrain/activeflow' --param batch_id=...
+  --param labels_uri=...`` or the UI's Run form), or by its trigger on the event
+  ``activeflow.labels.ready`` — which ``watch-labels`` emits, and so may a labelling
+  tool's hook.
+- ``watch-labels/activeflow``: every ``schedule.watch_interval_seconds``, announces each
+  label export dropped under ``schedule.labels_drop_prefix`` exactly once.
+
+``serve`` needs a Prefect server (``PREFECT_API_URL``); stopping it leaves the schedules
+active (``pause_on_shutdown=False``), so the next ``serve`` picks them up where they were.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from datetime import timedelta
+
+from prefect import serve
+from prefect.deployments.runner import RunnerDeployment
+from prefect.events import DeploymentEventTrigger
+from prefect.schedules import Cron, Interval
+from prefect.settings import get_current_settings
+from prefect.task_runners import ThreadPoolTaskRunner
+from pydantic import SecretStr
+
+from activeflow.flows.import_and_retrain import import_and_retrain_flow
+from activeflow.flows.ingest_score_export import ingest_score_export_flow
+from activeflow.flows.watch_labels import watch_labels_flow
+from activeflow.parameters import ExportOptions
+from activeflow.settings import Settings, SettingsError
+from activeflow.tasks.watch import LABELS_READY_EVENT
+
+DEPLOYMENT_NAME = "activeflow"
+TAGS = ["activeflow"]
+
+
+def labels_ready_trigger() -> DeploymentEventTrigger:
+    """Run import-and-retrain for each ``activeflow.labels.ready`` event, with the batch
+    and the export's location taken from the event's payload."""
+    return DeploymentEventTrigger(
+        name="import labels when they are ready",
+        description=f"Each {LABELS_READY_EVENT} event (from watch-labels or a labelling "
+        "tool's hook) starts one import-and-retrain run.",
+        expect={LABELS_READY_EVENT},
+        match={"prefect.resource.id": "activeflow.batch.*"},
+        parameters={
+            "batch_id": "{{ event.payload.batch_id }}",
+            "labels_uri": "{{ event.payload.labels_uri }}",
+        },
+    )
+
+
+def build_deployments(settings: Settings) -> list[RunnerDeployment]:
+    """The three deployments, configured from ``settings`` (nothing is sent anywhere)."""
+    runner = ThreadPoolTaskRunner(max_workers=settings.schedule.max_workers)
+    schedule = settings.schedule
+    nightly = Cron(
+        schedule.cron,
+        timezone=schedule.timezone,
+        parameters={"options": ExportOptions.from_settings(settings).model_dump(mode="json")},
+    )
+    return [
+        ingest_score_export_flow.with_options(task_runner=runner).to_deployment(
+            name=DEPLOYMENT_NAME,
+            schedules=[nightly],
+            tags=[*TAGS, "scheduled"],
+            description="Ingest new images, score the pool, export the next labelling batch.",
+        ),
+        import_and_retrain_flow.with_options(task_runner=runner).to_deployment(
+            name=DEPLOYMENT_NAME,
+            triggers=[labels_ready_trigger()],
+            tags=[*TAGS, "labels"],
+            description="Import a batch's completed labels, retrain, promote if not worse.",
+        ),
+        watch_labels_flow.to_deployment(
+            name=DEPLOYMENT_NAME,
+            schedules=[Interval(timedelta(seconds=schedule.watch_interval_seconds))],
+            tags=[*TAGS, "labels"],
+            description=f"Announce label exports dropped under {schedule.labels_drop_prefix}.",
+        ),
+    ]
+
+
+def settings_environment(settings: Settings) -> dict[str, str]:
+    """``ACTIVEFLOW_<GROUP>__<FIELD>`` for every set value, so that the runs ``serve``
+    starts (child processes) use exactly the settings it was started with."""
+    environment = {}
+    for group_name in type(settings).model_fields:
+        group = getattr(settings, group_name)
+        for field_name in type(group).model_fields:
+            value = getattr(group, field_name)
+            if value is None:
+                continue
+            if isinstance(value, SecretStr):
+                text = value.get_secret_value()
+            elif isinstance(value, str):
+                text = value
+            else:
+                text = json.dumps(value)
+            environment[f"ACTIVEFLOW_{group_name.upper()}__{field_name.upper()}"] = text
+    return environment
+
+
+def serve_deployments(settings: Settings) -> None:
+    """Register the deployments with the Prefect server and run their flow runs here
+    until interrupted. The settings are resolved once, now: restart after changing them."""
+    api_url = get_current_settings().api.url
+    if not api_url:
+        raise SettingsError(
+            "PREFECT_API_URL is not set: serving needs a running Prefect server. Start one with "
+            "`prefect server start` and set PREFECT_API_URL=http://127.0.0.1:4200/api "
+            "(or `prefect config set PREFECT_API_URL=...`)"
+        )
+    os.environ.update(settings_environment(settings))
+    serve(*build_deployments(settings), pause_on_shutdown=False)

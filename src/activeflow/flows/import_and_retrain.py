@@ -1,0 +1,43 @@
+from __future__ import annotations
+
+from prefect import flow, tags
+from pydantic import BaseModel
+
+from activeflow.flows.retrain import retrain_model
+from activeflow.label_import import ImportReport
+from activeflow.parameters import RetrainOptions
+from activeflow.settings import load_settings
+from activeflow.tasks.labels import import_label_file
+from activeflow.training import PromotionDecision
+
+
+class ImportAndRetrainResult(BaseModel):
+    labels: ImportReport
+    retrain: PromotionDecision | None = None
+    note: str
+
+
+@flow(name="import-and-retrain", flow_run_name="import {batch_id} and retrain")
+def import_and_retrain_flow(
+    batch_id: str,
+    labels_uri: str,
+    options: RetrainOptions = RetrainOptions(),  # noqa: B008
+) -> ImportAndRetrainResult:
+    """Import a batch's completed labels, then retrain and promote if not worse.
+
+    Args:
+        batch_id: The batch the labels answer, as in batches/<batch-id>/ in the store
+            (the batch summary artifact names it).
+        labels_uri: The labelling tool's export, a local path or s3://bucket/key:
+            Label Studio JSON or JSON-MIN, or CSV with columns id,label.
+        options: Overrides of the settings for this run; empty fields follow the settings.
+    """
+    settings = load_settings(**options.overrides())
+    with tags(f"batch:{batch_id}"):
+        report = import_label_file(settings, batch_id, labels_uri)
+        if report.imported == 0 and report.already_imported == 0:
+            return ImportAndRetrainResult(labels=report, note="no labels in the file: not retrained")
+        if not options.retrain:
+            return ImportAndRetrainResult(labels=report, note="retrain switched off for this run")
+        decision = retrain_model(settings)
+    return ImportAndRetrainResult(labels=report, retrain=decision, note=decision.reason)

@@ -1,0 +1,40 @@
+from __future__ import annotations
+
+from prefect import flow
+from prefect.runtime import flow_run
+from prefect.task_runners import ThreadPoolTaskRunner
+
+from activeflow.batches import ExportResult
+from activeflow.flows.score import SCORING_WORKERS, score_pool
+from activeflow.parameters import ExportOptions
+from activeflow.settings import load_settings
+from activeflow.tasks.batches import export_batch, report_batch
+from activeflow.tasks.ingest import ingest_source
+from activeflow.tasks.status import pool_status
+
+
+def _run_name() -> str:
+    when = flow_run.scheduled_start_time
+    return f"ingest-score-export {when:%Y-%m-%d %H:%M %Z}" if when else "ingest-score-export"
+
+
+@flow(
+    name="ingest-score-export",
+    flow_run_name=_run_name,
+    task_runner=ThreadPoolTaskRunner(max_workers=SCORING_WORKERS),
+)
+def ingest_score_export_flow(options: ExportOptions = ExportOptions()) -> ExportResult:  # noqa: B008
+    """Ingest new images, score the pool with the champion, and export the next
+    labelling batch within the run's budget.
+
+    Args:
+        options: Overrides of the settings for this run; empty fields follow the settings.
+    """
+    settings = load_settings(**options.overrides())
+    if settings.schedule.source:
+        ingest_source(settings.schedule.source, "pool", settings)
+    if pool_status(settings)["champion"] is not None:
+        score_pool(settings)
+    result = export_batch(settings)
+    report_batch(settings, result)
+    return result
