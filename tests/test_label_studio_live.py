@@ -290,3 +290,37 @@ def test_a_saved_label_studio_export_parses():
         parse_label_file(
             FIXTURE.name, content, batch_ids=set(ids[:3]), known_ids=set(ids), classes=CLASSES
         )
+
+
+@pytest.mark.usefixtures("prefect_harness")
+def test_flows_push_the_batch_and_pull_its_labels(ls_settings, tmp_path):
+    """export-batch pushes to the configured project; import-labels 'label-studio' pulls."""
+    from activeflow.flows.export_batch import export_batch_flow
+    from activeflow.flows.import_labels import import_labels_flow
+
+    for n in range(3):
+        write_image(tmp_path / "in" / f"{n}.png", 100 + n)
+    store = LocalStore(tmp_path / "store")
+    ingest_images(store, iter_source(str(tmp_path / "in"), labelled=False))
+    settings = load_settings(
+        storage={"uri": store.uri}, data={"classes": CLASSES}, budget={"per_run": 3},
+        label_studio={**ls_settings.model_dump(), "api_key": ls_settings.api_key.get_secret_value(),
+                      "project_title": "activeflow-flows"},
+    )
+
+    exported = export_batch_flow(settings)
+
+    assert exported.label_studio is not None and exported.label_studio["pushed"] == 3
+    tasks = tasks_by_sample(settings.label_studio, exported.label_studio["project_id"])
+    batch = load_state(store).batches[exported.batch_id].sample_ids
+    assert sorted(tasks) == sorted(batch)
+    ls = studio.client(settings.label_studio)
+    ls.annotations.create(id=tasks[batch[0]], result=choose("dog"))
+    ls.annotations.create(id=tasks[batch[1]], result=choose("cat"))
+
+    report = import_labels_flow(exported.batch_id, "label-studio", settings=settings)
+
+    assert (report.imported, report.unlabelled, report.still_queued) == (2, [batch[2]], 1)
+    assert {sid: load_state(store).labelled[sid] for sid in batch[:2]} == {batch[0]: "dog", batch[1]: "cat"}
+    again = import_labels_flow(exported.batch_id, "label-studio", settings=settings)
+    assert (again.imported, again.already_imported) == (0, 2)

@@ -42,6 +42,7 @@ class ExportResult(BaseModel):
     size: int
     files: dict[str, str]
     reason: str
+    label_studio: dict[str, int] | None = None  # project id and tasks pushed, when configured
 
 
 def batch_size(state: PoolState, settings: Settings) -> int:

@@ -40,7 +40,11 @@ def _parser() -> argparse.ArgumentParser:
 
     imports = commands.add_parser("import-labels", help="import a batch's completed labels")
     imports.add_argument("batch_id")
-    imports.add_argument("file", help="Label Studio JSON / JSON-MIN export or CSV id,label")
+    imports.add_argument(
+        "file",
+        help="Label Studio JSON / JSON-MIN / CSV export or CSV id,label (path or s3:// URI), "
+        "or 'label-studio' to pull the batch from the configured Label Studio project",
+    )
     _json_flag(imports)
 
     _json_flag(commands.add_parser("retrain", help="retrain; promote if not worse"))
@@ -107,6 +111,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _core_errors() -> tuple[type[Exception], ...]:
+    from activeflow.label_studio import LabelStudioError
     from activeflow.labelling import LabelFileError
     from activeflow.locks import LockLost, LockTimeout
     from activeflow.scoring import ScoringError
@@ -115,7 +120,8 @@ def _core_errors() -> tuple[type[Exception], ...]:
     from activeflow.training import TrainingError
 
     return (
-        LabelFileError, ScoringError, SourceError, StoreError, ObjectNotFound, TrainingError,
+        LabelFileError, LabelStudioError, ScoringError, SourceError, StoreError, ObjectNotFound,
+        TrainingError,
         FileExistsError, LockTimeout, LockLost,
     )
 
@@ -141,7 +147,8 @@ def _run(args: argparse.Namespace, settings: Settings) -> Any:
         from activeflow.flows.export_batch import export_batch_flow
 
         result = export_batch_flow(settings)
-        return result.model_dump(exclude={"reason"}) if args.json else result
+        hidden = {"reason"} | ({"label_studio"} if result.label_studio is None else set())
+        return result.model_dump(exclude=hidden) if args.json else result
     if command == "import-labels":
         from activeflow.flows.import_labels import import_labels_flow
 

@@ -294,3 +294,24 @@ def _first_task_of_batch(ls: LabelStudio, project_id: int, batch_id: str) -> int
     )
     task = next(iter(pages), None)
     return None if task is None else task.id
+
+
+# --------------------------------------------------------------------------- batches
+
+LABEL_STUDIO_SOURCE = "label-studio"  # as a labels location: pull from the configured server
+
+
+def is_configured(settings: LabelStudioSettings) -> bool:
+    return settings.url is not None and settings.api_key is not None
+
+
+def push_batch(settings: LabelStudioSettings, classes: Sequence[str], tasks_json: bytes) -> tuple[int, int]:
+    """Create or reuse the project, then push a batch's tasks: (project id, tasks pushed;
+    0 when the project already holds that batch)."""
+    project_id = ensure_project(settings, classes)
+    return project_id, push_tasks(settings, project_id, tasks_json)
+
+
+def pull_batch(settings: LabelStudioSettings, classes: Sequence[str], batch_id: str) -> bytes:
+    """The batch's tasks with their annotations, as a Label Studio JSON export."""
+    return pull_export(settings, ensure_project(settings, classes), batch_id)

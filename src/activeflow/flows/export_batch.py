@@ -2,9 +2,11 @@ from __future__ import annotations
 
 from prefect import flow
 
+from activeflow import label_studio
 from activeflow.batches import ExportResult
 from activeflow.settings import Settings, load_settings
 from activeflow.tasks.batches import export_batch, report_batch
+from activeflow.tasks.label_studio import push_batch
 
 
 @flow(name="export-batch")
@@ -13,4 +15,6 @@ def export_batch_flow(settings: Settings | None = None) -> ExportResult:
     settings = settings or load_settings()
     result = export_batch(settings)
     report_batch(settings, result)
+    if result.batch_id is not None and label_studio.is_configured(settings.label_studio):
+        result.label_studio = push_batch(settings, result.batch_id)
     return result
