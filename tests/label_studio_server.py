@@ -10,11 +10,12 @@ with ours, so it lives in a virtualenv of its own: ``.ls-venv`` at the repositor
 (``.ci/run`` makes it), or the binary named by ``ACTIVEFLOW_LABEL_STUDIO_BIN``.
 
 Startup notes (label-studio 1.23.2):
-- A fresh database runs Label Studio's migrations first: ~35 s of CPU; a start on a
-  migrated database takes ~10 s. So with a ``cache_dir`` (the fixture passes pytest's
-  cache) the database as it is once healthy (migrated, user made, no token yet) is kept
-  there, one file per Label Studio version, and later sessions start from a copy. CI
-  starts from scratch; ``timeout_s`` is generous for that.
+- A fresh database runs Label Studio's migrations first, ~35 s of CPU: ready in ~41 s
+  on an idle 2-core machine, 60-90 s on a busy one. A start on a migrated database is
+  ready in 10-20 s. So with a ``cache_dir`` (the fixture passes pytest's cache) the
+  database as it is once healthy (migrated, user made, no token yet) is kept there, one
+  file per Label Studio version, and later sessions start from a copy. CI starts from
+  scratch; ``timeout_s`` leaves room for a busy machine.
 - ``LABEL_STUDIO_USERNAME`` / ``LABEL_STUDIO_PASSWORD`` make the first user (an admin)
   and its organisation at start, with legacy API tokens off (the default).
 - A user may hold one personal access token at a time: a second ``POST /api/token/``
@@ -101,7 +102,7 @@ class LabelStudioServer:
 
 
 def start_label_studio(
-    data_dir: Path, timeout_s: float = 120.0, attempts: int = 3, cache_dir: Path | None = None
+    data_dir: Path, timeout_s: float = 180.0, attempts: int = 3, cache_dir: Path | None = None
 ) -> LabelStudioServer:
     """Start Label Studio storing under ``data_dir``; return once it is healthy and a
     personal access token is made. ``cache_dir`` keeps a migrated database between

@@ -22,6 +22,7 @@ from s3_server import free_ports
 
 BIN = Path(sys.executable).parent
 FINAL_STATES = {"COMPLETED", "FAILED", "CRASHED", "CANCELLED"}
+RETRY_STATUSES = {429, 502, 503}
 
 
 def _log_tail(path: Path, lines: int = 60) -> str:
@@ -97,12 +98,19 @@ class PrefectServer:
     # The REST API, as JSON ---------------------------------------------------------------
 
     def get(self, path: str) -> Any:
-        response = self.client.get(path)
-        response.raise_for_status()
-        return response.json()
+        return self._request("GET", path)
 
     def post(self, path: str, body: Mapping[str, Any] | None = None) -> Any:
-        response = self.client.post(path, json=dict(body or {}))
+        return self._request("POST", path, dict(body or {}))
+
+    def _request(self, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
+        # Like Prefect's own client: a busy SQLite server answers 503 ("try again"), and
+        # 429 / 502 are as transient.
+        for attempt in range(6):
+            response = self.client.request(method, path, json=body)
+            if response.status_code not in RETRY_STATUSES or attempt == 5:
+                break
+            time.sleep(0.5 * 2**attempt)
         response.raise_for_status()
         return response.json()
 
@@ -152,7 +160,12 @@ def start_prefect_server(home: Path, timeout_s: float = 120.0) -> PrefectServer:
     (port,) = free_ports(1)
     api_url = f"http://127.0.0.1:{port}/api"
     env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
-    env.update(PREFECT_HOME=str(home), PREFECT_SERVER_ANALYTICS_ENABLED="false")
+    # Host and port in the environment too: the UI reads its API address from settings,
+    # not from the command line, and would look for the API on port 4200.
+    env.update(
+        PREFECT_HOME=str(home), PREFECT_SERVER_ANALYTICS_ENABLED="false",
+        PREFECT_SERVER_API_HOST="127.0.0.1", PREFECT_SERVER_API_PORT=str(port),
+    )
     server = spawn(
         [str(BIN / "prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(port)],
         env, home / "server.log",

@@ -228,6 +228,14 @@ def test_a_dropped_export_is_claimed_exactly_once_across_polls(tmp_path):
     assert label_drops.scan_drops(store, "incoming-labels/", "poll 4").claimed == []
 
 
+def test_a_withdrawn_claim_is_announced_again(tmp_path):
+    store = LocalStore(tmp_path)
+    store.put("incoming-labels/b1.csv", b"id,label\n")
+    [drop] = label_drops.scan_drops(store, "incoming-labels/", "poll 1").claimed
+    label_drops.unclaim(store, drop)  # its announcement failed
+    assert label_drops.scan_drops(store, "incoming-labels/", "poll 2").claimed == [drop]
+
+
 def test_concurrent_polls_claim_each_drop_once(tmp_path):
     store = LocalStore(tmp_path)
     for n in range(5):

@@ -243,7 +243,7 @@ def test_stopping_serve_leaves_the_schedules_active(production):
 
 def test_prefect_yaml_deploys_the_same_deployments_to_a_work_pool(production, tmp_path):
     server = production.server
-    env = server.env(ACTIVEFLOW_PROJECT_DIR=str(REPO))
+    env = server.env()
     subprocess.run(
         [str(BIN / "prefect"), "work-pool", "create", "activeflow", "--type", "process"],
         env=env, capture_output=True, text=True, timeout=120, check=True,

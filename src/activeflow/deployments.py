@@ -17,13 +17,17 @@ active (``pause_on_shutdown=False``), so the next ``serve`` picks them up where 
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 from datetime import timedelta
+from typing import Any
 
-from prefect import serve
+from prefect import Flow
 from prefect.deployments.runner import RunnerDeployment
 from prefect.events import DeploymentEventTrigger
+from prefect.exceptions import TerminationSignal
+from prefect.runner import Runner
 from prefect.schedules import Cron, Interval
 from prefect.settings import get_current_settings
 from prefect.task_runners import ThreadPoolTaskRunner
@@ -56,35 +60,47 @@ def labels_ready_trigger() -> DeploymentEventTrigger:
     )
 
 
-def build_deployments(settings: Settings) -> list[RunnerDeployment]:
-    """The three deployments, configured from ``settings`` (nothing is sent anywhere)."""
-    runner = ThreadPoolTaskRunner(max_workers=settings.schedule.max_workers)
+def deployment_specs(settings: Settings) -> list[tuple[Flow[..., Any], dict[str, Any]]]:
+    """Each served flow, configured from ``settings``, with its deployment's options."""
     schedule = settings.schedule
+    # Bounded: Prefect's default thread pool is not, and every shard in flight holds its images.
+    runner = ThreadPoolTaskRunner(max_workers=schedule.max_workers)
     nightly = Cron(
         schedule.cron,
         timezone=schedule.timezone,
         parameters={"options": ExportOptions.from_settings(settings).model_dump(mode="json")},
     )
     return [
-        ingest_score_export_flow.with_options(task_runner=runner).to_deployment(
-            name=DEPLOYMENT_NAME,
-            schedules=[nightly],
-            tags=[*TAGS, "scheduled"],
-            description="Ingest new images, score the pool, export the next labelling batch.",
+        (
+            ingest_score_export_flow.with_options(task_runner=runner),
+            {
+                "schedules": [nightly],
+                "tags": [*TAGS, "scheduled"],
+                "description": "Ingest new images, score the pool, export the next labelling batch.",
+            },
         ),
-        import_and_retrain_flow.with_options(task_runner=runner).to_deployment(
-            name=DEPLOYMENT_NAME,
-            triggers=[labels_ready_trigger()],
-            tags=[*TAGS, "labels"],
-            description="Import a batch's completed labels, retrain, promote if not worse.",
+        (
+            import_and_retrain_flow.with_options(task_runner=runner),
+            {
+                "triggers": [labels_ready_trigger()],
+                "tags": [*TAGS, "labels"],
+                "description": "Import a batch's completed labels, retrain, promote if not worse.",
+            },
         ),
-        watch_labels_flow.to_deployment(
-            name=DEPLOYMENT_NAME,
-            schedules=[Interval(timedelta(seconds=schedule.watch_interval_seconds))],
-            tags=[*TAGS, "labels"],
-            description=f"Announce label exports dropped under {schedule.labels_drop_prefix}.",
+        (
+            watch_labels_flow.with_options(task_runner=runner),
+            {
+                "schedules": [Interval(timedelta(seconds=schedule.watch_interval_seconds))],
+                "tags": [*TAGS, "labels"],
+                "description": f"Announce label exports dropped under {schedule.labels_drop_prefix}.",
+            },
         ),
     ]
+
+
+def build_deployments(settings: Settings) -> list[RunnerDeployment]:
+    """The three deployments as ``serve`` registers them (nothing is sent anywhere)."""
+    return [flow.to_deployment(name=DEPLOYMENT_NAME, **options) for flow, options in deployment_specs(settings)]
 
 
 def settings_environment(settings: Settings) -> dict[str, str]:
@@ -93,6 +109,7 @@ def settings_environment(settings: Settings) -> dict[str, str]:
     environment = {}
     for group_name in type(settings).model_fields:
         group = getattr(settings, group_name)
+        dumped = group.model_dump(mode="json")
         for field_name in type(group).model_fields:
             value = getattr(group, field_name)
             if value is None:
@@ -102,14 +119,21 @@ def settings_environment(settings: Settings) -> dict[str, str]:
             elif isinstance(value, str):
                 text = value
             else:
-                text = json.dumps(value)
+                text = json.dumps(dumped[field_name])
             environment[f"ACTIVEFLOW_{group_name.upper()}__{field_name.upper()}"] = text
     return environment
 
 
 def serve_deployments(settings: Settings) -> None:
     """Register the deployments with the Prefect server and run their flow runs here
-    until interrupted. The settings are resolved once, now: restart after changing them."""
+    until interrupted (Ctrl-C or SIGTERM). The settings are resolved once, now: restart
+    after changing them.
+
+    This is ``prefect.serve`` with one difference: the runner is given the configured
+    flow objects (``Runner.add_flow``, as ``Flow.serve`` does), so each run executes the
+    flow with the task runner bounded by ``schedule.max_workers``; ``serve(*deployments)``
+    would re-import each flow from its file and lose that.
+    """
     api_url = get_current_settings().api.url
     if not api_url:
         raise SettingsError(
@@ -118,4 +142,18 @@ def serve_deployments(settings: Settings) -> None:
             "(or `prefect config set PREFECT_API_URL=...`)"
         )
     os.environ.update(settings_environment(settings))
-    serve(*build_deployments(settings), pause_on_shutdown=False)
+    # Any flow a run starts with Prefect's default thread pool is bounded the same way.
+    os.environ.setdefault(
+        "PREFECT_TASKS_RUNNER_THREAD_POOL_MAX_WORKERS", str(settings.schedule.max_workers)
+    )
+    # pause_on_shutdown=False: stopping serve must not pause the schedules.
+    runner = Runner(name=DEPLOYMENT_NAME, pause_on_shutdown=False)
+    specs = deployment_specs(settings)
+    for flow, options in specs:
+        runner.add_flow(flow, name=DEPLOYMENT_NAME, **options)
+    names = ", ".join(f"{flow.name}/{DEPLOYMENT_NAME}" for flow, _ in specs)
+    print(f"Serving {names} from {api_url}; Ctrl-C stops (the schedules stay active).", flush=True)
+    try:
+        asyncio.run(runner.start())
+    except (KeyboardInterrupt, TerminationSignal):
+        pass

@@ -7,6 +7,9 @@ Only the poll that creates the claim announces the drop, so however often or
 concurrently the watcher runs, each file is announced once; a corrected or extended
 export (new bytes) is a new claim. The import it leads to writes only labels the store
 does not have yet, so announcing a superset of an earlier export adds just the new ones.
+If announcing fails the claim is withdrawn (``unclaim``) and the next poll tries again;
+only a process killed between claim and announcement leaves a file claimed but never
+announced (the watch report keeps listing it; run import-and-retrain by hand then).
 
 Plain Python: no Prefect. The watcher flow turns each claimed drop into an event.
 """
@@ -72,6 +75,11 @@ def scan_drops(store: ObjectStore, prefix: str, claimer: str) -> DropScan:
         else:
             scan.already_claimed.append(key)
     return scan
+
+
+def unclaim(store: ObjectStore, drop: LabelDrop) -> None:
+    """Undo a claim whose announcement failed, so the next poll announces the drop."""
+    store.delete(claim_key(drop))
 
 
 def _split(name: str) -> tuple[str, str]:

@@ -298,9 +298,7 @@ def training_summary(metrics: ModelMetrics, decision: PromotionDecision) -> str:
         "| | |",
         "|---|---|",
         f"| test accuracy | **{metrics.accuracy:.4f}** on {metrics.test_size} held-out images |",
-        f"| champion before | {_model(decision.champion_version) if decision.champion_version else 'none'}"
-        + (f" ({decision.champion_accuracy:.4f})" if decision.champion_accuracy is not None else "")
-        + " |",
+        f"| champion before | {_champion(decision)} |",
         f"| training labels | {metrics.labels_used} |",
         f"| backbone | `{metrics.model_settings.get('backbone')}` at "
         f"{metrics.model_settings.get('image_size')} px |",
@@ -317,6 +315,12 @@ def training_summary(metrics: ModelMetrics, decision: PromotionDecision) -> str:
         ],
     ]
     return "\n".join(lines)
+
+
+def _champion(decision: PromotionDecision) -> str:
+    if decision.champion_version is None:
+        return "none"
+    return f"`{decision.champion_version}` ({decision.champion_accuracy:.4f})"
 
 
 def _last(values: Sequence[float]) -> str:

@@ -59,7 +59,7 @@ def pool_outputs(
     if "embeddings" in needs:
         fields["embeddings"] = _stored(scoring.embeddings_of(table), "embeddings", name, version)
         if name == "coreset":  # k-center greedy starts from what the labelled samples cover
-            fields["labelled_embeddings"] = _labelled_embeddings(store, state, settings)
+            fields["labelled_embeddings"] = _labelled_embeddings(store, state, settings, version)
     if "mc_probs" in needs:
         mc = scoring.mc_probs_of(table, probs.shape[1])
         fields["mc_probs"] = _stored(mc, "mc_probs", name, version)
@@ -77,10 +77,14 @@ def _stored(value: np.ndarray | None, field: str, name: str, version: str | None
     return value
 
 
-def _labelled_embeddings(store: ObjectStore, state: PoolState, settings: Settings) -> np.ndarray:
-    assert state.champion is not None  # select_from_scores is only called with a champion
+def _labelled_embeddings(
+    store: ObjectStore, state: PoolState, settings: Settings, version: str | None
+) -> np.ndarray | None:
+    """Embeddings [m, d] of the training samples under the model that scored the pool."""
+    if version is None or not state.labelled:
+        return None  # nothing covered yet: coreset starts from a seeded random centre
     keys = [sample_key(sid, state.samples[sid].ext) for sid in sorted(state.labelled)]
-    return scoring.embed_samples(store, settings, state.champion.version, keys)
+    return scoring.embed_samples(store, settings, version, keys)
 
 
 def _champion_class_errors(store: ObjectStore, version: str | None, num_classes: int) -> np.ndarray:

@@ -34,7 +34,8 @@ def run_round(settings: Settings, number: int, truth: dict[str, str] | None) -> 
     if pool_status(settings)["champion"] is not None:
         score_pool(settings)
     result = RoundResult(round=number, batch=export_batch(settings))
-    report_batch(settings, result.batch)
+    with tags(f"batch:{result.batch.batch_id}") if result.batch.batch_id else tags():
+        report_batch(settings, result.batch)
     if truth is not None and result.batch.batch_id is not None:
         batch_id = result.batch.batch_id
         with tags(f"batch:{batch_id}"):

@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-from prefect import flow
+from prefect import flow, tags
 
 from activeflow import label_studio
 from activeflow.batches import ExportResult
@@ -14,7 +14,8 @@ def export_batch_flow(settings: Settings | None = None) -> ExportResult:
     """The next labelling batch: strategy-ranked, within the per-run and total budget."""
     settings = settings or load_settings()
     result = export_batch(settings)
-    report_batch(settings, result)
+    with tags(f"batch:{result.batch_id}") if result.batch_id else tags():
+        report_batch(settings, result)
     if result.batch_id is not None and label_studio.is_configured(settings.label_studio):
         result.label_studio = push_batch(settings, result.batch_id)
     return result

@@ -1,5 +1,5 @@
-from __future__ import annotations
-
+# No `from __future__ import annotations`: a served run unpickles this flow in a fresh
+# process, where string annotations could not be resolved to the parameter models.
 from prefect import flow, tags
 from pydantic import BaseModel
 
@@ -26,8 +26,8 @@ def import_and_retrain_flow(
     """Import a batch's completed labels, then retrain and promote if not worse.
 
     Args:
-        batch_id: The batch the labels answer, as in batches/<batch-id>/ in the store
-            (the batch summary artifact names it).
+        batch_id: The id of the batch the labels answer (the batch summary artifact names
+            it; its files are under batches/ in the store).
         labels_uri: The labelling tool's export, a local path or s3://bucket/key:
             Label Studio JSON or JSON-MIN, or CSV with columns id,label.
         options: Overrides of the settings for this run; empty fields follow the settings.

@@ -1,5 +1,5 @@
-from __future__ import annotations
-
+# No `from __future__ import annotations`: a served run unpickles this flow in a fresh
+# process, where string annotations could not be resolved to the parameter models.
 from prefect import flow
 
 from activeflow.label_drops import DropScan
@@ -13,8 +13,8 @@ def watch_labels_flow(prefix: str | None = None) -> DropScan:
     for each, exactly once, by emitting the event its trigger listens for.
 
     Args:
-        prefix: Where in the store labellers drop exports, as <prefix><batch-id>.json or
-            .csv. Empty: schedule.labels_drop_prefix from the settings.
+        prefix: The folder in the store where labellers drop exports, each named by its
+            batch id plus .json or .csv. Empty: schedule.labels_drop_prefix from the settings.
     """
     settings = load_settings(**({"schedule": {"labels_drop_prefix": prefix}} if prefix else {}))
     scan = scan_label_drops(settings, settings.schedule.labels_drop_prefix)

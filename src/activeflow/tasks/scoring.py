@@ -10,7 +10,7 @@ from activeflow.store import open_store
 from activeflow.tasks.retry import STORE_RETRIES
 
 
-@task(name="plan-scoring", cache_policy=NO_CACHE, **STORE_RETRIES)
+@task(name="plan-scoring", task_run_name="plan scoring", cache_policy=NO_CACHE, **STORE_RETRIES)
 def plan_scoring(settings: Settings) -> scoring.ScoringPlan:
     state = load_state(open_store(settings.storage))
     return scoring.plan_scoring(state, settings.scoring.shard_size)
@@ -29,6 +29,11 @@ def score_shard(
     return scoring.score_shard(store, settings, model_version, run_id, shard_index, keys)
 
 
-@task(name="commit-scores", cache_policy=NO_CACHE, **STORE_RETRIES)
+@task(
+    name="commit-scores",
+    task_run_name="commit scores of {plan.model_version}",
+    cache_policy=NO_CACHE,
+    **STORE_RETRIES,
+)
 def commit_scores(settings: Settings, plan: scoring.ScoringPlan, scored: int) -> None:
     scoring.commit_scores(open_store(settings.storage), plan, scored)

@@ -9,6 +9,6 @@ from activeflow.store import open_store
 from activeflow.tasks.retry import STORE_RETRIES
 
 
-@task(name="pool-status", cache_policy=NO_CACHE, **STORE_RETRIES)
+@task(name="pool-status", task_run_name="pool status", cache_policy=NO_CACHE, **STORE_RETRIES)
 def pool_status(settings: Settings) -> dict[str, object]:
     return load_state(open_store(settings.storage)).summary(settings.budget.total)

@@ -12,7 +12,12 @@ from activeflow.store import open_store
 from activeflow.tasks.retry import STORE_RETRIES
 
 
-@task(name="train-candidate", cache_policy=NO_CACHE, **STORE_RETRIES)
+@task(
+    name="train-candidate",
+    task_run_name="train a {settings.model.backbone} on every label",
+    cache_policy=NO_CACHE,
+    **STORE_RETRIES,
+)
 def train_candidate(settings: Settings) -> training.ModelMetrics:
     store = open_store(settings.storage)
     return training.train_candidate(store, load_state(store), settings)

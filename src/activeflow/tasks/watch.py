@@ -24,6 +24,14 @@ def scan_label_drops(settings: Settings, prefix: str) -> label_drops.DropScan:
 
 @task(name="announce-labels", task_run_name="announce labels of {drop.batch_id}", cache_policy=NO_CACHE)
 def announce_labels(settings: Settings, drop: label_drops.LabelDrop) -> None:
+    try:
+        _emit(settings, drop)
+    except BaseException:
+        label_drops.unclaim(open_store(settings.storage), drop)  # the next poll tries again
+        raise
+
+
+def _emit(settings: Settings, drop: label_drops.LabelDrop) -> None:
     event = emit_event(
         event=LABELS_READY_EVENT,
         resource={
@@ -40,7 +48,7 @@ def announce_labels(settings: Settings, drop: label_drops.LabelDrop) -> None:
         )
 
 
-@task(name="report-label-drops", cache_policy=NO_CACHE)
+@task(name="report-label-drops", task_run_name="report drops under {scan.prefix}", cache_policy=NO_CACHE)
 def report_label_drops(scan: label_drops.DropScan) -> None:
     create_markdown_artifact(
         monitoring.drop_scan_summary(scan, LABELS_READY_EVENT),
