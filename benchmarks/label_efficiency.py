@@ -91,10 +91,14 @@ def main() -> None:
     kept = [r for r in records if r.seed in complete and r.strategy in names]
     if len(complete) < config.seeds:
         print(f"only seeds {sorted(complete)} are complete for every strategy; reporting those", file=sys.stderr)
+    previous = args.out / "benchmark.json"
+    if args.report_only:  # the wall time is that of the run that made runs.jsonl
+        wall = json.loads(previous.read_text()).get("wall_seconds") if previous.is_file() else None
+    else:
+        wall = time.time() - started
     files = le.write_benchmark_report(
         args.out, config, kept, settings=settings,
-        extra={"seeds_reported": sorted(complete), "workers": args.workers,
-               **({} if args.report_only else {"wall_seconds": time.time() - started})},
+        extra={"seeds_reported": sorted(complete), "workers": args.workers, "wall_seconds": wall},
     )
     print(files["table"].read_text())
     print(f"wrote {', '.join(str(p) for p in files.values())}")

@@ -57,6 +57,19 @@ def _parser() -> argparse.ArgumentParser:
     _budget_options(cycle)
     _json_flag(cycle)
 
+    bench = commands.add_parser("benchmark", help="label efficiency of strategies against random")
+    bench.add_argument("--strategies", help="comma-separated (default: all); random always runs")
+    bench.add_argument("--seeds", type=int, default=5)
+    bench.add_argument("--rounds", type=int, default=8)
+    bench.add_argument("--budget", type=int, default=20, help="labels per round")
+    bench.add_argument("--dataset", help="folder <class>/<image> or tfds:NAME[/SPLIT]; default digits")
+    bench.add_argument("--test-size", type=float, default=0.2, help="fraction, or a count if >= 1")
+    bench.add_argument("--seed-per-class", type=int, default=2)
+    bench.add_argument("--pool-size", type=int)
+    bench.add_argument("--workers", type=int, default=2, help="runs in parallel")
+    bench.add_argument("--out", default="activeflow-benchmark")
+    _json_flag(bench)
+
     demo = commands.add_parser("demo", help="the whole loop on bundled digits, margin vs random")
     demo.add_argument("--out", default="activeflow-demo", help="where data, stores and report go")
     demo.add_argument("--rounds", type=int, default=8)
@@ -111,6 +124,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _core_errors() -> tuple[type[Exception], ...]:
+    from activeflow.label_efficiency import BenchmarkError
     from activeflow.label_studio import LabelStudioError
     from activeflow.labelling import LabelFileError
     from activeflow.locks import LockLost, LockTimeout
@@ -121,7 +135,7 @@ def _core_errors() -> tuple[type[Exception], ...]:
 
     return (
         LabelFileError, LabelStudioError, ScoringError, SourceError, StoreError, ObjectNotFound,
-        TrainingError,
+        TrainingError, BenchmarkError,
         FileExistsError, LockTimeout, LockLost,
     )
 
@@ -163,6 +177,8 @@ def _run(args: argparse.Namespace, settings: Settings) -> Any:
         return cycle_flow(settings, simulate=args.simulate, oracle=args.oracle, rounds=args.rounds)
     if command == "demo":
         return _demo(args, settings)
+    if command == "benchmark":
+        return _benchmark(args, settings)
     if command == "serve":
         from activeflow.deployments import serve_deployments
 
@@ -180,6 +196,27 @@ def _demo(args: argparse.Namespace, settings: Settings) -> Any:
     )
     print(result.table)
     return result.files
+
+
+def _benchmark(args: argparse.Namespace, settings: Settings) -> Any:
+    from prefect.task_runners import ThreadPoolTaskRunner
+
+    from activeflow import label_efficiency
+    from activeflow.demo_data import demo_settings
+    from activeflow.flows.benchmark import benchmark_flow
+
+    strategies = (
+        args.strategies.split(",") if args.strategies else list(label_efficiency.DEFAULT_STRATEGIES)
+    )
+    run = demo_settings(settings, per_run=args.budget) if args.dataset is None else settings
+    result = benchmark_flow.with_options(
+        task_runner=ThreadPoolTaskRunner(max_workers=args.workers)
+    )(
+        run, out=args.out, strategies=strategies, seeds=args.seeds, rounds=args.rounds,
+        budget=args.budget, dataset=args.dataset, test_size=args.test_size,
+        seed_per_class=args.seed_per_class, pool_size=args.pool_size,
+    )
+    return result if args.json else result.table
 
 
 def _print(result: Any, *, as_json: bool) -> None:

@@ -83,7 +83,9 @@ def build_classifier(settings: ModelSettings, num_classes: int) -> keras.Model:
             input_shape=(size, size, 3), include_top=False, weights=weights, pooling="avg"
         )
         backbone.name = "backbone"
-    # training=False keeps BatchNorm statistics frozen while fine-tuning.
+    # training=False asks for inference-mode BatchNorm; note that in Keras 3 fit() calls the
+    # outer model with training=True and that flag reaches the backbone's BatchNorm layers
+    # (seen on MobileNetV2), so fine-tuning a pretrained backbone updates their statistics.
     features = backbone(x, training=False)
     x = keras.layers.Dropout(settings.dropout, name="dropout")(features)
     outputs = keras.layers.Dense(num_classes, activation="softmax", name="head")(x)

@@ -12,7 +12,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 
 from activeflow.settings import Settings
-from activeflow.strategies import StrategyName
+from activeflow.strategies import SelectorName
 
 
 class ExportOptions(BaseModel):
@@ -33,7 +33,7 @@ class ExportOptions(BaseModel):
         ge=1,
         description="Cap on labels over all batches, this one included. Empty: budget.total.",
     )
-    strategy: StrategyName | None = Field(
+    strategy: SelectorName | None = Field(
         None, description="How the batch is selected. Empty: strategy.name."
     )
 
