@@ -187,3 +187,24 @@ def test_stale_batches_are_released_back_to_the_pool(store):
     assert state.queued == set() and set(batch[1:]) <= set(state.unlabelled)
     assert state.budget_spent == 1  # only the labelled one was spent
     assert release_stale_batches(store, state, settings, now=later) == []  # written once
+
+
+def test_late_labels_of_a_released_batch_skip_samples_queued_again_elsewhere(store):
+    from activeflow.batches import release_stale_batches
+    from activeflow.label_import import import_labels
+
+    settings = load_settings(storage={"uri": store.uri}, data={"classes": CLASSES},
+                             budget={"per_run": 10}, labelling={"release_after_hours": 1})
+    first = export_batch(store, settings).batch_id
+    ids = load_state(store).batches[first].sample_ids
+    release_stale_batches(store, load_state(store), settings, now=datetime.now(UTC) + timedelta(hours=2))
+    second = export_batch(store, settings.model_copy(update={"budget": settings.budget.model_copy(
+        update={"per_run": 4})})).batch_id
+    requeued = set(load_state(store).batches[second].sample_ids)
+
+    answers = "id,label\n" + "".join(f"{sid},cat\n" for sid in ids)
+    report = import_labels(store, load_state(store), settings, first, "late.csv", answers.encode())
+
+    assert set(report.requeued_elsewhere) == requeued and report.imported == len(ids) - len(requeued)
+    state = load_state(store)
+    assert requeued.isdisjoint(state.labelled) and state.queued == requeued
