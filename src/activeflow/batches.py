@@ -194,8 +194,9 @@ def empty_batch_reason(state: PoolState, settings: Settings) -> str:
 def export_batch(store: ObjectStore, settings: Settings) -> ExportResult:
     """Select the next batch within budget and write it; an empty selection writes nothing."""
     required_classes(settings)  # labellers need the class list: refuse before any work
-    release_stale_batches(store, load_state(store), settings)  # back in the pool first
     state = load_state(store)
+    if release_stale_batches(store, state, settings):  # their samples are back in the pool
+        state = load_state(store)
     items = select_batch(store, state, settings)
     if not items:
         return export_result(None, empty_batch_reason(state, settings))

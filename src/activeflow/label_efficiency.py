@@ -34,6 +34,7 @@ import time
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from pathlib import Path
+from typing import get_args
 
 import numpy as np
 from pydantic import BaseModel, Field, model_validator
@@ -46,16 +47,8 @@ from activeflow.sources import SourceImage, iter_source
 from activeflow.store import open_store
 
 BASELINE = "random"
-DEFAULT_STRATEGIES: tuple[str, ...] = (
-    "margin",
-    "entropy",
-    "least_confidence",
-    "ratio",
-    "bald",
-    "coreset",
-    "badge",
-    "margin-diverse",
-    "class-balanced",
+DEFAULT_STRATEGIES: tuple[str, ...] = tuple(
+    name for name in get_args(SelectorName) if name != BASELINE
 )
 DIGITS = "digits"  # the ``dataset`` value (or None) for scikit-learn's bundled digits
 _MARKER = ".activeflow-benchmark"

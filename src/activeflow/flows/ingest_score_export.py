@@ -1,17 +1,15 @@
 # No `from __future__ import annotations`: a served run unpickles this flow in a fresh
 # process, where string annotations could not be resolved to the parameter models.
-from prefect import flow, tags
+from prefect import flow
 from prefect.runtime import flow_run
 from prefect.task_runners import ThreadPoolTaskRunner
 
-from activeflow import label_studio
 from activeflow.batches import ExportResult
+from activeflow.flows.export_batch import export_and_publish
 from activeflow.flows.score import SCORING_WORKERS, score_pool
 from activeflow.parameters import ExportOptions
 from activeflow.settings import load_settings
-from activeflow.tasks.batches import export_batch, report_batch
 from activeflow.tasks.ingest import ingest_source
-from activeflow.tasks.label_studio import push_batch
 from activeflow.tasks.status import pool_status
 
 
@@ -37,9 +35,4 @@ def ingest_score_export_flow(options: ExportOptions = ExportOptions()) -> Export
         ingest_source(settings.schedule.source, "pool", settings)
     if pool_status(settings)["champion"] is not None:
         score_pool(settings)
-    result = export_batch(settings)
-    with tags(f"batch:{result.batch_id}") if result.batch_id else tags():
-        report_batch(settings, result)
-    if result.batch_id is not None and label_studio.is_configured(settings.label_studio):
-        result.label_studio = push_batch(settings, result.batch_id)
-    return result
+    return export_and_publish(settings)
