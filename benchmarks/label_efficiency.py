@@ -7,7 +7,11 @@ run is appended to runs.jsonl at once, so a run cut short still has whole seeds 
 (--report-only re-summarises them). Writes benchmark.json, learning_curve.png and table.md.
 
     python benchmarks/label_efficiency.py [--seeds 5] [--rounds 8] [--budget 20] [--workers 2]
-        [--strategies margin,entropy,...] [--dataset FOLDER|tfds:NAME] [--report-only]
+        [--strategies margin,entropy,...] [--dataset digits|shapes[:N]|FOLDER|tfds:NAME]
+        [--seed-per-class 2] [--set model.min_steps=800 ...] [--out DIR] [--report-only]
+
+The model is the default one (what a user gets); --set changes one setting, for hand-tuned
+comparisons. Results go to benchmarks/results/label_efficiency/<dataset>/ unless --out.
 """
 
 from __future__ import annotations
@@ -38,6 +42,23 @@ def _run(spec_json: str) -> list[dict]:
     return [r.model_dump() for r in le.run_strategy_seed(spec)]
 
 
+def _overrides(pairs: list[str]) -> dict[str, dict]:
+    """``group.field=value`` (value parsed as JSON when it is JSON) into nested settings."""
+    nested: dict[str, dict] = {}
+    for pair in pairs:
+        path, _, raw = pair.partition("=")
+        try:
+            value = json.loads(raw)
+        except json.JSONDecodeError:
+            value = raw
+        *groups, field = path.split(".")
+        target = nested
+        for group in groups:
+            target = target.setdefault(group, {})
+        target[field] = value
+    return nested
+
+
 def main() -> None:
     from activeflow import label_efficiency as le
     from activeflow.demo_data import demo_settings
@@ -48,17 +69,20 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, default=5)
     parser.add_argument("--rounds", type=int, default=8)
     parser.add_argument("--budget", type=int, default=20)
-    parser.add_argument("--dataset", default=None)
+    parser.add_argument("--dataset", default="digits")
+    parser.add_argument("--seed-per-class", type=int, default=2)
+    parser.add_argument("--set", action="append", default=[], help="group.field=value, e.g. model.min_steps=800")
     parser.add_argument("--workers", type=int, default=2)
-    parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument("--out", type=Path)
     parser.add_argument("--report-only", action="store_true", help="summarise out/runs.jsonl again")
     args = parser.parse_args()
 
     config = le.BenchmarkConfig(
         strategies=args.strategies.split(","), seeds=args.seeds, rounds=args.rounds,
-        budget=args.budget, dataset=args.dataset,
+        budget=args.budget, dataset=args.dataset, seed_per_class=args.seed_per_class,
     )
-    settings = demo_settings(load_settings(), per_run=args.budget)
+    settings = demo_settings(load_settings(**_overrides(args.set)), per_run=args.budget)
+    args.out = args.out or RESULTS / args.dataset.replace(":", "-").replace("/", "_")
     args.out.mkdir(parents=True, exist_ok=True)
     runs_file = args.out / "runs.jsonl"
     started = time.time()
@@ -98,7 +122,8 @@ def main() -> None:
         wall = time.time() - started
     files = le.write_benchmark_report(
         args.out, config, kept, settings=settings,
-        extra={"seeds_reported": sorted(complete), "workers": args.workers, "wall_seconds": wall},
+        extra={"seeds_reported": sorted(complete), "workers": args.workers, "wall_seconds": wall,
+               "overrides": args.set},
     )
     print(files["table"].read_text())
     print(f"wrote {', '.join(str(p) for p in files.values())}")

@@ -17,7 +17,7 @@ from activeflow.settings import load_settings
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")
 
-TINY_MODEL = {"image_size": 8, "head_epochs": 1, "finetune_epochs": 0, "batch_size": 64}
+TINY_MODEL = {"image_size": 8, "head_epochs": 1, "finetune_epochs": 0, "batch_size": 64, "min_steps": 60, "baseline_tolerance": 1.0}
 
 
 def test_benchmark_flow_runs_every_strategy_and_seed_and_writes_the_report(tmp_path):
@@ -75,3 +75,13 @@ def test_a_simulated_round_reports_the_pool_estimate_and_the_stopping_signal(tmp
     assert first.stopping.agreement is not None and second.stopping.agreement_sample == pool_left
     assert second.stopping.slope is not None and second.stopping.slope_labels == [20, 30, 40]
     assert second.stopping.summary.startswith(("Further labels", "Keep labelling"))
+
+
+def test_benchmark_flow_on_synthetic_shapes_reports_the_baseline(tmp_path):
+    result = benchmark_flow(
+        load_settings(model=TINY_MODEL), out=str(tmp_path / "bench"), strategies=["margin"],
+        seeds=1, rounds=1, budget=6, dataset="shapes:3", test_size=30, seed_per_class=2, pool_size=30,
+    )
+    assert result.summary.baseline is not None and len(result.summary.baseline.curve.mean) == 2
+    assert result.summary.target.chance == pytest.approx(1 / 3)
+    assert "| baseline: logistic regression on 16x16 pixels, on random's labels |" in result.table

@@ -22,7 +22,7 @@ from activeflow.store import open_store
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")
 
-TINY_MODEL = {"image_size": 8, "head_epochs": 2, "finetune_epochs": 1, "batch_size": 64}
+TINY_MODEL = {"image_size": 8, "head_epochs": 2, "finetune_epochs": 1, "batch_size": 64, "min_steps": 60, "baseline_tolerance": 1.0}
 
 
 @pytest.fixture(scope="module")

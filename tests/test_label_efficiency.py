@@ -167,3 +167,44 @@ def test_saving_is_measured_against_where_random_first_reaches_its_final_accurac
     assert margin.labels_to_reach_random_final == 40
     assert margin.label_saving_vs_random == pytest.approx(1 - 40 / 60)  # the conservative one
     assert margin.label_saving_vs_random_spent == pytest.approx(1 - 40 / 100)
+
+
+def test_the_report_shows_the_pixel_baseline_and_the_seed_model_against_chance():
+    records = [
+        le.RoundRecord(
+            strategy=strategy, seed=seed, round=r, labels=20 * (r + 1), accuracy=acc,
+            baseline_accuracy=base, chance_accuracy=0.1, promoted=True, seconds=1.0,
+        )
+        for strategy, curve in (("random", [0.4, 0.6, 0.8]), ("margin", [0.4, 0.7, 0.9]))
+        for seed in (0, 1)
+        for r, (acc, base) in enumerate(zip(curve, [0.3, 0.5, 0.6], strict=True))
+    ]
+    summary = le.summarise(records)
+    assert summary.baseline.curve.mean == pytest.approx([0.3, 0.5, 0.6])
+    assert summary.baseline.final_mean == pytest.approx(0.6)
+    assert summary.baseline.aulc_mean == pytest.approx((0.4 * 20 + 0.55 * 20) / 40)
+    target = summary.target
+    assert (target.chance, target.seed_labels, target.random_at_seed_labels) == pytest.approx((0.1, 20, 0.4))
+    assert target.seed_model_at_least_twice_chance
+    table = le.markdown_table(summary)
+    assert "| baseline: logistic regression on 16x16 pixels, on random's labels | 47.5 | - | - | 60.0 |" in table
+    assert "With the seed set's 20 labels random's model scores 40.0 %, 4.0x chance (10.0 %)." in table
+
+
+def test_synthetic_shapes_are_split_like_any_labelled_folder(tmp_path):
+    data = le.prepare_dataset(tmp_path, "shapes:3", test_size=0.2)
+    assert data.classes == ["circle", "square", "triangle"]
+    assert (data.test_count, data.rest_count) == (180, 720)  # 300 a class
+    sizes = {image.data[16:24] for image in iter_source(data.test, labelled=True)}
+    assert len(sizes) == 1  # every PNG is 64 x 64: one IHDR width/height
+
+
+@pytest.mark.parametrize(("dataset", "message"), [
+    ("shapes:x", "write shapes:N with N the number of classes"),
+    ("shapes:1", "synthetic shapes come in 2 to 10 classes, not 1"),
+    ("shapes:11", "synthetic shapes come in 2 to 10 classes, not 11"),
+])
+def test_a_bad_shapes_dataset_is_refused_before_writing(tmp_path, dataset, message):
+    with pytest.raises(le.BenchmarkError, match=message):
+        le.prepare_dataset(tmp_path / "data", dataset)
+    assert not any((tmp_path / "data").rglob("*.png"))

@@ -1,4 +1,5 @@
-"""The classifier: backbones, two-phase training, .keras round trip, evaluation, promotion gate."""
+"""The classifier: backbones, the adaptive training recipe, .keras round trip, evaluation,
+the pixel baseline and the promotion gate."""
 
 from __future__ import annotations
 
@@ -7,11 +8,11 @@ import pytest
 
 from activeflow import modeling
 from activeflow.pool import current_champion, promotions
-from activeflow.settings import ModelSettings
+from activeflow.settings import AugmentSettings, ModelSettings
 from activeflow.store import LocalStore
-from activeflow.training import ModelMetrics, promote_if_not_worse
+from activeflow.training import BaselineReport, ModelMetrics, pixel_baseline, promote_if_not_worse
 
-TINY = {"image_size": 8, "head_epochs": 1, "finetune_epochs": 1, "batch_size": 8}
+TINY = {"image_size": 8, "head_epochs": 1, "finetune_epochs": 1, "batch_size": 8, "min_steps": 0}
 
 
 def toy_data(n=24, size=8, classes=2, seed=0):
@@ -66,29 +67,119 @@ def test_pretrained_backbone_stays_frozen_in_the_head_phase(tmp_path):
     before_backbone = [w.copy() for w in model.get_layer("backbone").get_weights()]
     before_head = [w.copy() for w in model.get_layer("head").get_weights()]
 
-    modeling.train_two_phase(model, *toy_data(), pretrained)
+    history = modeling.train(model, *toy_data(), pretrained)
 
     after_backbone = model.get_layer("backbone").get_weights()
     assert all(np.array_equal(a, b) for a, b in zip(before_backbone, after_backbone, strict=True))
     assert not np.array_equal(before_head[0], model.get_layer("head").get_weights()[0])
+    assert [p.name for p in history.phases] == ["head"]
 
 
-def test_finetune_phase_updates_the_backbone():
-    settings = ModelSettings(**TINY)
+def test_finetune_phase_updates_a_pretrained_backbone(tmp_path):
+    weights = tmp_path / "backbone.weights.h5"
+    modeling.build_classifier(ModelSettings(**TINY), 2).get_layer("backbone").save_weights(weights)
+    settings = ModelSettings(**TINY, weights=str(weights))
     model = modeling.build_classifier(settings, 2)
     before = [w.copy() for w in model.get_layer("backbone").get_weights()]
-    history = modeling.train_two_phase(model, *toy_data(), settings)
-    assert len(history.head_loss) == 1 and len(history.finetune_loss) == 1
+    history = modeling.train(model, *toy_data(), settings)
+    assert [(p.name, p.backbone_trainable) for p in history.phases] == [("head", False), ("finetune", True)]
     after = model.get_layer("backbone").get_weights()
     assert not all(np.array_equal(a, b) for a, b in zip(before, after, strict=True))
 
 
-def test_two_phase_training_learns_and_survives_the_keras_round_trip():
-    settings = ModelSettings(image_size=8, head_epochs=15, finetune_epochs=5, batch_size=8,
-                             head_learning_rate=5e-3)
+def test_a_backbone_without_pretrained_weights_trains_whole_in_one_phase():
+    settings = ModelSettings(**TINY)
+    model = modeling.build_classifier(settings, 2)
+    before = [w.copy() for w in model.get_layer("backbone").get_weights()]
+    history = modeling.train(model, *toy_data(), settings)
+    assert [(p.name, p.backbone_trainable, p.learning_rate) for p in history.phases] == [
+        ("whole", True, settings.head_learning_rate)
+    ]
+    after = model.get_layer("backbone").get_weights()
+    assert not all(np.array_equal(a, b) for a, b in zip(before, after, strict=True))
+
+
+def test_tiny_label_sets_get_the_minimum_number_of_updates():
+    # 20 labels in batches of 32 are one step an epoch: 15 epochs would be 15 updates.
+    plan = modeling.plan_training([2] * 10, ModelSettings(head_epochs=10, finetune_epochs=5, min_steps=400))
+    assert [(p.name, p.steps) for p in plan.phases] == [("whole", 400)]
+    assert (plan.train_size, plan.validation_size, plan.batch_size) == (20, 0, 20)
+    assert "no validation split: the smallest class has 2 labels (< 20)" in plan.validation_note
+
+
+def test_the_minimum_is_split_between_pretrained_phases_by_their_epochs():
+    settings = ModelSettings(weights="imagenet", backbone="mobilenet_v2", head_epochs=10,
+                             finetune_epochs=5, min_steps=300)
+    plan = modeling.plan_training([3, 3, 4], settings)
+    assert [(p.name, p.steps, p.backbone_trainable) for p in plan.phases] == [
+        ("head", 200, False), ("finetune", 100, True),
+    ]
+    assert [p.learning_rate for p in plan.phases] == [settings.head_learning_rate, settings.finetune_learning_rate]
+
+
+def test_large_label_sets_are_counted_in_epochs_with_a_validation_split():
+    settings = ModelSettings(head_epochs=10, finetune_epochs=5, min_steps=400, batch_size=32,
+                             validation_fraction=0.2, validation_min_per_class=20)
+    plan = modeling.plan_training([1000, 600, 400], settings)
+    assert plan.validation_size == 200 + 120 + 80 and plan.train_size == 1600
+    assert [(p.name, p.steps) for p in plan.phases] == [("whole", 15 * 50)]  # 1600 / 32 = 50 an epoch
+    assert plan.validation_note == "400 labels held out for model selection and early stopping"
+    # One class short of the minimum: nothing is held out.
+    assert modeling.plan_training([1000, 600, 19], settings).validation_size == 0
+
+
+def test_validation_split_keeps_the_best_weights_and_reports_them():
+    settings = ModelSettings(**{**TINY, "min_steps": 40, "validation_min_per_class": 5})
+    x, y = toy_data(n=40, classes=2)
+    history = modeling.train(modeling.build_classifier(settings, 2), x, y, settings)
+    assert (history.train_size, history.validation_size) == (32, 8)
+    assert history.validation_accuracy is not None and 1 <= history.best_step <= 40
+
+
+def test_balanced_class_weights_only_when_labels_are_imbalanced():
+    assert modeling.class_weights(np.array([0, 0, 1, 1, 2, 2]), 3) is None
+    weights = modeling.class_weights(np.array([0, 0, 0, 0, 0, 0, 1, 1]), 3)
+    np.testing.assert_allclose(weights, [8 / 12, 8 / 4, 0.0])  # n / (classes present * count)
+
+
+def test_augmentation_keeps_pixels_in_range_and_flips_only_when_asked():
+    rng = np.random.default_rng(0)
+    x = np.zeros((64, 8, 8, 3), np.float32)
+    x[:, :, :4] = 255  # bright left half
+    still = modeling.augment(x, AugmentSettings(shift=0, intensity=0), rng)
+    np.testing.assert_array_equal(still, x)  # horizontal_flip is off by default
+    flipped = modeling.augment(x, AugmentSettings(shift=0, intensity=0, horizontal_flip=True), rng)
+    mirrored = flipped[:, :, 4:].mean(axis=(1, 2, 3)) == 255
+    assert 10 < mirrored.sum() < 54  # about half, at random
+    jittered = modeling.augment(x, AugmentSettings(shift=0.25, intensity=0.3), rng)
+    assert jittered.shape == x.shape and jittered.dtype == np.float32
+    assert 0 <= jittered.min() and jittered.max() <= 255 and not np.array_equal(jittered, x)
+
+
+def test_seeds_are_honoured_by_runs_in_parallel_threads():
+    from concurrent.futures import ThreadPoolExecutor
+
+    x, y = toy_data(n=32, classes=4)
+
+    def run(seed):
+        settings = ModelSettings(**{**TINY, "min_steps": 30, "seed": seed})
+        model = modeling.build_classifier(settings, 4)
+        modeling.train(model, x, y, settings)
+        return modeling.predict_proba(model, x, 32)
+
+    alone = [run(0), run(1)]
+    with ThreadPoolExecutor(4) as pool:
+        together = list(pool.map(run, [0, 1, 0, 1]))
+    for seed, probs in zip([0, 1, 0, 1], together, strict=True):
+        np.testing.assert_allclose(probs, alone[seed], atol=1e-6)
+    assert not np.allclose(alone[0], alone[1])
+
+
+def test_training_learns_and_survives_the_keras_round_trip():
+    settings = ModelSettings(image_size=8, batch_size=8, min_steps=150)
     x, y = toy_data(n=40, classes=4)
     model = modeling.build_classifier(settings, 4)
-    modeling.train_two_phase(model, x, y, settings)
+    modeling.train(model, x, y, settings)
     probs = modeling.predict_proba(model, x, 16)
     assert modeling.evaluate(probs, y, list("abcd")).accuracy >= 0.9
 
@@ -115,11 +206,13 @@ def test_decode_images_resizes_to_rgb_squares(tmp_path):
     assert 0 <= pixels.min() and pixels.max() <= 255
 
 
-def metrics(version, accuracy):
+def metrics(version, accuracy, chance=None, baseline=None):
     return ModelMetrics(
         version=version, created_at="t", classes=["a", "b"], accuracy=accuracy,
         per_class_accuracy={}, confusion_matrix=[], labels_used=10, test_size=10,
         history=modeling.TrainingHistory(head_loss=[], finetune_loss=[]), model_settings={},
+        chance_accuracy=chance,
+        baseline=BaselineReport(name="pixels", accuracy=baseline) if baseline is not None else None,
     )
 
 
@@ -139,3 +232,37 @@ def test_promotion_gate(tmp_path):
     assert [(p.sequence, p.version, p.previous) for p in promotions(store)] == [
         (1, "m1", None), (2, "m3", "m1"),
     ]
+
+
+def test_a_candidate_at_chance_is_not_promoted_even_without_a_champion(tmp_path):
+    store = LocalStore(tmp_path)
+    decision = promote_if_not_worse(store, metrics("m1", 0.3333, chance=0.3333, baseline=0.3))
+    assert not decision.promoted
+    assert decision.reason == (
+        "test accuracy 0.3333 is at or below chance (0.3333, always answering the most common "
+        "test class): the model learnt nothing usable"
+    )
+    assert (decision.chance_accuracy, decision.baseline_accuracy) == (0.3333, 0.3)
+    assert current_champion(store) is None and promotions(store) == []
+
+
+def test_a_candidate_far_below_the_baseline_is_not_promoted(tmp_path):
+    store = LocalStore(tmp_path)
+    assert promote_if_not_worse(store, metrics("m1", 0.5, chance=0.1, baseline=0.55), 0.1).promoted
+    refused = promote_if_not_worse(store, metrics("m2", 0.6, chance=0.1, baseline=0.75), 0.1)
+    assert not refused.promoted  # better than the champion, yet far below what pixels give
+    assert refused.reason == (
+        "test accuracy 0.6000 is more than 0.10 below the baseline's 0.7500 (pixels, same labels)"
+    )
+    assert current_champion(store).version == "m1"
+    assert promote_if_not_worse(store, metrics("m3", 0.66, chance=0.1, baseline=0.75), 0.1).promoted
+
+
+def test_pixel_baseline_learns_a_learnable_set_and_not_noise():
+    x, y = toy_data(n=80, size=8, classes=4)
+    x_test, y_test = toy_data(n=40, size=8, classes=4, seed=1)
+    assert pixel_baseline(x, y, x_test, y_test).accuracy >= 0.9
+    noise = np.random.default_rng(2).uniform(0, 255, x.shape).astype(np.float32)
+    assert pixel_baseline(noise, y, x_test, y_test).accuracy <= 0.5
+    big = np.repeat(np.repeat(x, 5, axis=1), 5, axis=2)  # 40 px: block means
+    assert pixel_baseline(big, y, np.repeat(np.repeat(x_test, 5, 1), 5, 2), y_test).accuracy >= 0.9

@@ -181,14 +181,20 @@ def test_png_data_uri_round_trips():
 
 
 def test_training_summary_names_model_accuracy_and_decision():
-    from activeflow.modeling import TrainingHistory
-    from activeflow.training import ModelMetrics, PromotionDecision
+    from activeflow.modeling import PhaseReport, TrainingHistory
+    from activeflow.training import BaselineReport, ModelMetrics, PromotionDecision
 
+    history = TrainingHistory(
+        head_loss=[1.0, 0.5], finetune_loss=[],
+        phases=[PhaseReport(name="whole", steps_planned=400, steps_run=400, learning_rate=0.003,
+                            backbone_trainable=True)],
+        train_size=30, validation_note="no validation split: the smallest class has 15 labels (< 20)",
+    )
     metrics = ModelMetrics(
         version="m2", created_at="t", classes=["a", "b"], accuracy=0.75,
         per_class_accuracy={"a": 1.0, "b": None}, confusion_matrix=[[1, 0], [0, 0]], labels_used=30,
-        test_size=4, history=TrainingHistory(head_loss=[1.0, 0.5], finetune_loss=[0.4]),
-        model_settings={"backbone": "small_cnn", "image_size": 8},
+        test_size=4, history=history, model_settings={"backbone": "small_cnn", "image_size": 8},
+        chance_accuracy=0.5, baseline=BaselineReport(name="logistic regression on 16x16 pixels", accuracy=0.7),
     )
     decision = PromotionDecision(
         version="m2", promoted=True, accuracy=0.75, labels_used=30, champion_version="m1",
@@ -198,7 +204,10 @@ def test_training_summary_names_model_accuracy_and_decision():
     assert "**promoted**" in text and "0.7500 >= champion's 0.5000" in text
     assert "| test accuracy | **0.7500** on 4 held-out images |" in text
     assert "| champion before | `m1` (0.5000) |" in text
-    assert "| epochs | 2 head + 1 fine-tune |" in text
+    assert "| training | whole: 400 of 400 steps at 0.003 on 30 labels |" in text
+    assert "| baseline | 0.7000 (logistic regression on 16x16 pixels, same labels) |" in text
+    assert "| chance | 0.5000 (the most common test class) |" in text
+    assert "| validation | no validation split: the smallest class has 15 labels (< 20) |" in text
     assert "| b | – |" in text
 
 

@@ -75,6 +75,8 @@ def production(tmp_path_factory) -> Production:
         "ACTIVEFLOW_MODEL__HEAD_EPOCHS": "2",
         "ACTIVEFLOW_MODEL__FINETUNE_EPOCHS": "1",
         "ACTIVEFLOW_MODEL__BATCH_SIZE": "64",
+        "ACTIVEFLOW_MODEL__MIN_STEPS": "60",
+        "ACTIVEFLOW_MODEL__BASELINE_TOLERANCE": "1.0",
         "ACTIVEFLOW_BUDGET__PER_RUN": "10",
         "ACTIVEFLOW_BUDGET__TOTAL": "100",
         "ACTIVEFLOW_SCORING__SHARD_SIZE": "300",

@@ -29,7 +29,7 @@ from activeflow.settings import ModelSettings, SelectorName, SettingsError, load
 from activeflow.sources import iter_source
 from activeflow.store import LocalStore, put_json_if_absent
 
-TINY_MODEL = {"image_size": 8, "head_epochs": 1, "finetune_epochs": 0, "batch_size": 64}
+TINY_MODEL = {"image_size": 8, "head_epochs": 1, "finetune_epochs": 0, "batch_size": 64, "min_steps": 60, "baseline_tolerance": 1.0}
 CLASSES = ["cat", "dog", "bird"]
 
 
@@ -50,7 +50,7 @@ def trained_store(tmp_path_factory):
     pool = list(iter_source(str(digits.arrivals[1]), labelled=False))[:120]
     ingest_images(store, pool)
     metrics = training.train_candidate(store, load_state(store), settings)
-    assert training.promote_if_not_worse(store, metrics).promoted
+    assert training.promote_if_not_worse(store, metrics, settings.model.baseline_tolerance).promoted
     return store, digits.classes
 
 

@@ -62,7 +62,11 @@ def _parser() -> argparse.ArgumentParser:
     bench.add_argument("--seeds", type=int, default=5)
     bench.add_argument("--rounds", type=int, default=8)
     bench.add_argument("--budget", type=int, default=20, help="labels per round")
-    bench.add_argument("--dataset", help="folder <class>/<image> or tfds:NAME[/SPLIT]; default digits")
+    bench.add_argument(
+        "--dataset",
+        help="digits (default: scikit-learn's bundled scans), shapes[:CLASSES] (synthetic, "
+        "64 px), a folder <class>/<image> or tfds:NAME[/SPLIT]",
+    )
     bench.add_argument("--test-size", type=float, default=0.2, help="fraction, or a count if >= 1")
     bench.add_argument("--seed-per-class", type=int, default=2)
     bench.add_argument("--pool-size", type=int)
@@ -208,7 +212,7 @@ def _benchmark(args: argparse.Namespace, settings: Settings) -> Any:
     strategies = (
         args.strategies.split(",") if args.strategies else list(label_efficiency.DEFAULT_STRATEGIES)
     )
-    run = demo_settings(settings, per_run=args.budget) if args.dataset is None else settings
+    run = demo_settings(settings, per_run=args.budget)
     result = benchmark_flow.with_options(
         task_runner=ThreadPoolTaskRunner(max_workers=args.workers)
     )(

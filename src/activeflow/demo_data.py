@@ -12,7 +12,7 @@ from pydantic import BaseModel
 from sklearn.datasets import load_digits
 from sklearn.model_selection import train_test_split
 
-from activeflow.settings import ModelSettings, Settings
+from activeflow.settings import Settings
 
 DIGIT_CLASSES = [str(d) for d in range(10)]
 
@@ -85,12 +85,7 @@ def _write(path: Path, pixels: np.ndarray) -> None:
 
 
 def demo_settings(settings: Settings, *, per_run: int) -> Settings:
-    """The demo's model and budget: a small CNN at the digits' own 8x8, on top of ``settings``.
-
-    Epochs and rates were tuned for a stable curve within the demo's time on 2 cores."""
-    model = ModelSettings(
-        backbone="small_cnn", image_size=8, dropout=0.3, head_epochs=30, finetune_epochs=10,
-        head_learning_rate=3e-3, finetune_learning_rate=1e-3, batch_size=32, seed=settings.model.seed,
-    )
+    """``settings`` with the demo's budget per round and no total cap. The model is the
+    user's default (or configured) one: the demo shows what a user gets, untuned."""
     budget = settings.budget.model_copy(update={"per_run": per_run, "total": None})
-    return settings.model_copy(update={"model": model, "budget": budget})
+    return settings.model_copy(update={"budget": budget})

@@ -51,6 +51,7 @@ DEFAULT_STRATEGIES: tuple[str, ...] = tuple(
     name for name in get_args(SelectorName) if name != BASELINE
 )
 DIGITS = "digits"  # the ``dataset`` value (or None) for scikit-learn's bundled digits
+SHAPES = "shapes"  # ``shapes[:N]``: synthetic shapes of N classes (activeflow.synthetic_shapes)
 _MARKER = ".activeflow-benchmark"
 
 
@@ -67,7 +68,9 @@ class BenchmarkConfig(BaseModel):
     rounds: int = Field(8, ge=1, description="Rounds after the seed model.")
     budget: int = Field(20, ge=1, description="Labels per round.")
     dataset: str | None = Field(
-        None, description="None (bundled digits), a folder <class>/<image>, or tfds:NAME[/SPLIT]."
+        None,
+        description="None or digits (bundled digits), shapes[:N] (synthetic), a folder "
+        "<class>/<image>, or tfds:NAME[/SPLIT].",
     )
     test_size: float = Field(
         0.2, gt=0, description="Held-out test set: a fraction (< 1) or a number of images (>= 1)."
@@ -115,6 +118,8 @@ class RoundRecord(BaseModel):
     round: int  # 0: the seed model
     labels: int  # training labels of the model trained this round
     accuracy: float  # its test accuracy
+    baseline_accuracy: float | None = None  # the pixel baseline's, on the same labels
+    chance_accuracy: float | None = None  # share of the most common test class
     promoted: bool
     pool_estimate: float | None = None  # previous champion's accuracy on the batch's random slice
     pool_estimate_items: int = 0
@@ -132,8 +137,8 @@ def prepare_dataset(
 ) -> BenchmarkData:
     """Split ``dataset`` once into ``folder/test`` and ``folder/rest`` (both ``<class>/<image>``),
     stratified by class with ``seed``. The bundled digits keep the demo's test split."""
-    from sklearn.model_selection import train_test_split
-
+    if dataset is not None and dataset.split(":")[0] == SHAPES:
+        return _split_folder(folder, str(_write_shapes(folder / "shapes", dataset)), test_size, seed)
     if dataset in (None, DIGITS):
         from activeflow.demo_data import write_digits
 
@@ -141,6 +146,25 @@ def prepare_dataset(
         # arrivals=2: write_digits cannot make 1; the truth folder holds every arrival either way.
         digits = write_digits(folder / "digits", arrivals=2, test_size=count, seed_per_class=0, seed=seed)
         return _described(digits.test, digits.truth, digits.classes, [])
+    return _split_folder(folder, dataset, test_size, seed)
+
+
+def _write_shapes(folder: Path, dataset: str) -> Path:
+    """``shapes`` or ``shapes:N``: N classes (default 5) of 300 synthetic 64 px images each."""
+    from activeflow.synthetic_shapes import DEFAULT_CLASSES, write_shapes
+
+    count = dataset.split(":", 1)[1] if ":" in dataset else str(DEFAULT_CLASSES)
+    if not count.isdigit():
+        raise BenchmarkError(f"{dataset!r}: write shapes:N with N the number of classes, e.g. shapes:5")
+    try:
+        write_shapes(folder, classes=int(count))
+    except ValueError as error:
+        raise BenchmarkError(f"{dataset!r}: {error}") from None
+    return folder
+
+
+def _split_folder(folder: Path, dataset: str, test_size: float, seed: int) -> BenchmarkData:
+    from sklearn.model_selection import train_test_split
 
     images, skipped, seen = [], [], set()
     for image in iter_source(dataset, labelled=True):
@@ -284,7 +308,7 @@ def run_strategy_seed(spec: RunSpec) -> list[RoundRecord]:
 
 def _retrain(store, settings: Settings) -> training.PromotionDecision:  # noqa: ANN001
     metrics = training.train_candidate(store, load_state(store), settings)
-    return training.promote_if_not_worse(store, metrics)
+    return training.promote_if_not_worse(store, metrics, settings.model.baseline_tolerance)
 
 
 def _score(store, settings: Settings) -> None:  # noqa: ANN001
@@ -314,6 +338,8 @@ def _record(
         round=number,
         labels=decision.labels_used,
         accuracy=decision.accuracy,
+        baseline_accuracy=decision.baseline_accuracy,
+        chance_accuracy=decision.chance_accuracy,
         promoted=decision.promoted,
         pool_estimate=estimate.accuracy if estimate else None,
         pool_estimate_items=estimate.answered if estimate else 0,
@@ -394,19 +420,33 @@ class TargetCheck(BaseModel):
     every_aulc_at_or_above_random: bool
     below_random_aulc: list[str]
     never_reach_random_final: list[str]
+    chance: float | None = None  # share of the most common test class
+    seed_labels: float | None = None  # labels of the seed model
+    random_at_seed_labels: float | None = None  # random's mean accuracy with the seed labels
+    seed_model_at_least_twice_chance: bool | None = None
+
+
+class BaselineSummary(BaseModel):
+    """The pixel baseline (logistic regression) refitted on random's labels every round."""
+
+    name: str
+    curve: CurveStats
+    aulc_mean: float
+    final_mean: float
 
 
 class BenchmarkSummary(BaseModel):
     strategies: list[StrategySummary]
     target: TargetCheck
+    baseline: BaselineSummary | None = None
 
 
-def _curve(records: Sequence[RoundRecord]) -> CurveStats:
+def _curve(records: Sequence[RoundRecord], value: str = "accuracy") -> CurveStats:
     by_round: dict[int, list[RoundRecord]] = defaultdict(list)
     for record in records:
         by_round[record.round].append(record)
     rounds = sorted(by_round)
-    acc = [np.array([r.accuracy for r in by_round[n]]) for n in rounds]
+    acc = [np.array([getattr(r, value) for r in by_round[n]]) for n in rounds]
     return CurveStats(
         rounds=rounds,
         labels=[float(np.mean([r.labels for r in by_round[n]])) for n in rounds],
@@ -486,7 +526,27 @@ def summarise(records: Sequence[RoundRecord]) -> BenchmarkSummary:
                 ),
             )
         )
-    return BenchmarkSummary(strategies=summaries, target=_target(summaries, target_accuracy, random_reach))
+    target = _target(summaries, target_accuracy, random_reach)
+    chances = [r.chance_accuracy for r in by_strategy[BASELINE] if r.chance_accuracy is not None]
+    if chances:
+        chance = float(np.mean(chances))
+        target.chance, target.seed_labels = chance, baseline_curve.labels[0]
+        target.random_at_seed_labels = baseline_curve.mean[0]
+        target.seed_model_at_least_twice_chance = baseline_curve.mean[0] >= 2 * chance
+    return BenchmarkSummary(
+        strategies=summaries, target=target, baseline=_baseline_summary(by_strategy[BASELINE])
+    )
+
+
+def _baseline_summary(random_records: Sequence[RoundRecord]) -> BaselineSummary | None:
+    if any(r.baseline_accuracy is None for r in random_records):
+        return None  # records of a version without the baseline
+    from activeflow.training import PIXEL_BASELINE
+
+    curve = _curve(random_records, "baseline_accuracy")
+    runs = _by_seed(random_records)
+    aulc = np.mean([area_under_curve([r.labels for r in run], [r.baseline_accuracy for r in run]) for run in runs.values()])
+    return BaselineSummary(name=PIXEL_BASELINE, curve=curve, aulc_mean=float(aulc), final_mean=curve.mean[-1])
 
 
 def _target(
@@ -542,6 +602,12 @@ def markdown_table(summary: BenchmarkSummary) -> str:
             f"| {seeds} | {_pct(s.final_mean)} ± {_pct(s.final_sd)} | {reach} "
             f"| {_saving(s.label_saving_vs_random, s.label_saving_vs_random_spent)} | {stop} |"
         )
+    if summary.baseline is not None:
+        b = summary.baseline
+        lines.append(
+            f"| baseline: {b.name}, on random's labels | {_pct(b.aulc_mean)} | - | - "
+            f"| {_pct(b.final_mean)} | - | - | - |"
+        )
     best = (
         f"{t.best_strategy} reaches random's final {_pct(t.random_final_mean)} % with "
         f"{_pct(t.best_label_saving)} % fewer labels ({'meets' if t.best_saves_half else 'misses'} "
@@ -554,7 +620,14 @@ def markdown_table(summary: BenchmarkSummary) -> str:
         if t.every_aulc_at_or_above_random
         else f"below random's mean AULC: {', '.join(t.below_random_aulc)}"
     )
-    return "\n".join(lines) + f"\n\nTargets: {best}; {aulc}.\n"
+    seed = (
+        f" With the seed set's {t.seed_labels:.0f} labels random's model scores "
+        f"{_pct(t.random_at_seed_labels)} %, {t.random_at_seed_labels / t.chance:.1f}x chance "
+        f"({_pct(t.chance)} %)."
+        if t.chance
+        else ""
+    )
+    return "\n".join(lines) + f"\n\nTargets: {best}; {aulc}.{seed}\n"
 
 
 def learning_curve_png(summary: BenchmarkSummary, title: str = "Label efficiency") -> bytes:
@@ -572,6 +645,10 @@ def learning_curve_png(summary: BenchmarkSummary, title: str = "Label efficiency
         style = "--" if s.strategy == BASELINE else "-"
         axes.plot(c.labels, mean, style, marker="o", markersize=3, color=colour, label=s.strategy)
         axes.fill_between(c.labels, mean - sd, mean + sd, color=colour, alpha=0.12, linewidth=0)
+    if summary.baseline is not None:
+        b = summary.baseline.curve
+        axes.plot(b.labels, np.array(b.mean) * 100, ":", marker="x", markersize=3, color="grey",
+                  label="baseline: pixels (random's labels)")
     axes.axhline(summary.target.random_final_mean * 100, color="grey", linewidth=0.8, linestyle=":")
     axes.set_xlabel("training labels (seed set included)")
     axes.set_ylabel("test accuracy, % (mean ± 1 sd over seeds)")

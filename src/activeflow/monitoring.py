@@ -24,6 +24,7 @@ if TYPE_CHECKING:  # training imports TensorFlow; these are only annotations her
 
     from activeflow.label_drops import DropScan
     from activeflow.label_import import ImportReport
+    from activeflow.modeling import TrainingHistory
     from activeflow.training import ModelMetrics, PromotionDecision
 
 LINK_EXPIRY_S = 7 * 24 * 3600  # presigned S3 links in artifacts; S3's longest
@@ -302,8 +303,12 @@ def training_summary(metrics: ModelMetrics, decision: PromotionDecision) -> str:
         f"| training labels | {metrics.labels_used} |",
         f"| backbone | `{metrics.model_settings.get('backbone')}` at "
         f"{metrics.model_settings.get('image_size')} px |",
-        f"| epochs | {len(metrics.history.head_loss)} head + {len(metrics.history.finetune_loss)} fine-tune |",
-        f"| final loss | {_last(metrics.history.head_loss)} head, {_last(metrics.history.finetune_loss)} fine-tune |",
+        f"| baseline | {_baseline(metrics)} |",
+        f"| chance | {_optional(metrics.chance_accuracy)} (the most common test class) |",
+        f"| training | {_phases(metrics.history)} |",
+        f"| validation | {metrics.history.validation_note or '–'} |",
+        f"| final loss | {_last(metrics.history.head_loss)} first phase, "
+        f"{_last(metrics.history.finetune_loss)} fine-tune |",
         "",
         "## Test accuracy per class",
         "",
@@ -321,6 +326,27 @@ def _champion(decision: PromotionDecision) -> str:
     if decision.champion_version is None:
         return "none"
     return f"`{decision.champion_version}` ({decision.champion_accuracy:.4f})"
+
+
+def _baseline(metrics: ModelMetrics) -> str:
+    if metrics.baseline is None:
+        return "–"
+    return f"{metrics.baseline.accuracy:.4f} ({metrics.baseline.name}, same labels)"
+
+
+def _optional(value: float | None) -> str:
+    return "–" if value is None else f"{value:.4f}"
+
+
+def _phases(history: TrainingHistory) -> str:
+    if not history.phases:  # metrics of a version before the step-based recipe
+        return f"{len(history.head_loss)} head + {len(history.finetune_loss)} fine-tune epochs"
+    parts = [
+        f"{p.name}: {p.steps_run} of {p.steps_planned} steps at {p.learning_rate:g}"
+        for p in history.phases
+    ]
+    early = ", stopped early" if history.stopped_early else ""
+    return "; ".join(parts) + early + f" on {history.train_size} labels"
 
 
 def _last(values: Sequence[float]) -> str:

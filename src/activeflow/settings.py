@@ -85,6 +85,20 @@ class StrategySettings(_Group):
     )
 
 
+class AugmentSettings(_Group):
+    """Random changes to training images that keep their class."""
+
+    shift: float = Field(
+        0.1, ge=0.0, le=0.5, description="Largest random shift, as a share of the image side."
+    )
+    horizontal_flip: bool = Field(
+        False, description="Mirror images at random; off by default, since digits and text must not be."
+    )
+    intensity: float = Field(
+        0.1, ge=0.0, le=0.5, description="Brightness and contrast jitter, as a share of the range."
+    )
+
+
 class ModelSettings(_Group):
     model_config = ConfigDict(extra="forbid", protected_namespaces=())
 
@@ -95,12 +109,49 @@ class ModelSettings(_Group):
     )
     image_size: int = Field(32, ge=8, le=1024, description="Images are resized to this square.")
     dropout: float = Field(0.2, ge=0.0, lt=1.0, description="Dropout before the softmax head.")
-    head_epochs: int = Field(10, ge=0, description="Epochs of phase 1 (head on frozen backbone).")
+    head_epochs: int = Field(
+        10,
+        ge=0,
+        description="Epochs of phase 1 (head on the frozen pretrained backbone); without "
+        "pretrained weights the whole model trains head_epochs + finetune_epochs in one phase.",
+    )
     finetune_epochs: int = Field(5, ge=0, description="Epochs of phase 2 (whole model).")
-    head_learning_rate: float = Field(1e-3, gt=0, description="Adam learning rate in phase 1.")
-    finetune_learning_rate: float = Field(1e-4, gt=0, description="Adam learning rate in phase 2.")
+    min_steps: int = Field(
+        400,
+        ge=0,
+        description="Fewest optimizer updates a retrain makes however few the labels, split "
+        "between the phases by their epochs.",
+    )
+    head_learning_rate: float = Field(
+        3e-3, gt=0, description="Adam peak learning rate in phase 1 (cosine-decayed)."
+    )
+    finetune_learning_rate: float = Field(
+        3e-4, gt=0, description="Adam peak learning rate in phase 2 (cosine-decayed)."
+    )
     batch_size: int = Field(32, ge=1, description="Training and inference batch size.")
-    seed: int = Field(0, description="Seed for weight init and shuffling.")
+    augment: AugmentSettings = Field(default_factory=AugmentSettings)
+    validation_fraction: float = Field(
+        0.2,
+        ge=0.0,
+        lt=0.5,
+        description="Share of each class's labels held out for model selection and early stopping.",
+    )
+    validation_min_per_class: int = Field(
+        20,
+        ge=2,
+        description="Hold labels out only once every labelled class has this many.",
+    )
+    patience: int = Field(
+        3, ge=1, description="Validation checks (10 a phase) without improvement before stopping."
+    )
+    baseline_tolerance: float = Field(
+        0.1,
+        ge=0.0,
+        le=1.0,
+        description="A candidate this far (accuracy) below the pixel baseline trained on the "
+        "same labels is not promoted.",
+    )
+    seed: int = Field(0, description="Seed for weight init, batches, augmentation and splits.")
 
     @model_validator(mode="after")
     def _trains_at_all(self) -> ModelSettings:

@@ -1,5 +1,7 @@
 """Retraining: train a candidate on every training label, evaluate it on the held-out
-test set, store it with its metrics, and promote it only if it is not worse."""
+test set beside a pixel baseline trained on the same labels, store it with its metrics, and
+promote it only if it is above chance, not far below the baseline, and not worse than the
+champion."""
 
 from __future__ import annotations
 
@@ -28,6 +30,13 @@ class TrainingError(ValueError):
     """Retraining cannot start: no classes, no labels, or no test set."""
 
 
+class BaselineReport(BaseModel):
+    """A simple, fast model on the same labels: what the candidate must not fall far below."""
+
+    name: str
+    accuracy: float
+
+
 class ModelMetrics(BaseModel):
     version: str
     created_at: str
@@ -39,6 +48,9 @@ class ModelMetrics(BaseModel):
     test_size: int
     history: modeling.TrainingHistory
     model_settings: dict[str, object]
+    # Older metrics files have neither: their gate compared with the champion only.
+    chance_accuracy: float | None = None  # share of the most common class in the test set
+    baseline: BaselineReport | None = None
 
 
 class PromotionDecision(BaseModel):
@@ -49,6 +61,8 @@ class PromotionDecision(BaseModel):
     champion_version: str | None
     champion_accuracy: float | None
     reason: str
+    baseline_accuracy: float | None = None
+    chance_accuracy: float | None = None
 
 
 def load_examples(
@@ -84,9 +98,10 @@ def train_candidate(store: ObjectStore, state: PoolState, settings: Settings) ->
     x_test, y_test = load_examples(store, state, state.test, classes, size)
 
     model = modeling.build_classifier(settings.model, len(classes))
-    history = modeling.train_two_phase(model, x_train, y_train, settings.model)
+    history = modeling.train(model, x_train, y_train, settings.model)
     probs = modeling.predict_proba(model, x_test, settings.model.batch_size)
     evaluation = modeling.evaluate(probs, y_test, classes)
+    baseline = pixel_baseline(x_train, y_train, x_test, y_test, settings.model.seed)
 
     version = new_id("m")
     store.put(model_key(version), modeling.model_to_bytes(model))
@@ -101,22 +116,90 @@ def train_candidate(store: ObjectStore, state: PoolState, settings: Settings) ->
         test_size=evaluation.test_size,
         history=history,
         model_settings=settings.model.model_dump(),
+        chance_accuracy=chance_accuracy(y_test, len(classes)),
+        baseline=baseline,
     )
     # Metrics last: a version without metrics.json was never finished.
     put_json_if_absent(store, metrics_key(version), metrics.model_dump())
     return metrics
 
 
+def chance_accuracy(y: np.ndarray, num_classes: int) -> float:
+    """What always answering the most common test class scores."""
+    return float(np.bincount(y, minlength=num_classes).max() / max(len(y), 1))
+
+
+PIXEL_BASELINE = "logistic regression on 16x16 pixels"
+_BASELINE_SIDE = 16
+_BASELINE_MAX_TRAIN = 5000  # bounds its cost on large label sets; it is a sanity check
+
+
+def pixel_baseline(
+    x_train: np.ndarray, y_train: np.ndarray, x_test: np.ndarray, y_test: np.ndarray, seed: int = 0
+) -> BaselineReport:
+    """Test accuracy of a standardised, L2-regularised logistic regression on downsampled
+    pixels: seconds to fit, and far above chance wherever the labels carry signal."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    if len(np.unique(y_train)) < 2:
+        # One class: nothing to fit; it answers that class, which is chance or below.
+        return BaselineReport(name=PIXEL_BASELINE, accuracy=float(np.mean(y_test == y_train[0])))
+    if len(y_train) > _BASELINE_MAX_TRAIN:
+        keep = np.random.default_rng(seed).choice(len(y_train), _BASELINE_MAX_TRAIN, replace=False)
+        x_train, y_train = x_train[keep], y_train[keep]
+    classifier = make_pipeline(StandardScaler(), LogisticRegression(C=0.1, max_iter=2000))
+    classifier.fit(_pixel_features(x_train), y_train)
+    accuracy = float(np.mean(classifier.predict(_pixel_features(x_test)) == y_test))
+    return BaselineReport(name=PIXEL_BASELINE, accuracy=accuracy)
+
+
+def _pixel_features(x: np.ndarray) -> np.ndarray:
+    """[n, 16 * 16 * 3] block means in 0..1 (nearest blocks when the side is not a multiple)."""
+    n, size = x.shape[0], x.shape[1]
+    edges = np.linspace(0, size, _BASELINE_SIDE + 1).round().astype(int)
+    if size >= _BASELINE_SIDE:
+        rows = np.add.reduceat(x, edges[:-1], axis=1) / np.diff(edges)[None, :, None, None]
+        blocks = np.add.reduceat(rows, edges[:-1], axis=2) / np.diff(edges)[None, None, :, None]
+    else:  # upsample small images by repeating pixels
+        pick = np.minimum((np.arange(_BASELINE_SIDE) * size) // _BASELINE_SIDE, size - 1)
+        blocks = x[:, pick][:, :, pick]
+    return (blocks / 255.0).reshape(n, -1)
+
+
 def load_metrics(store: ObjectStore, version: str) -> ModelMetrics:
     return ModelMetrics.model_validate(get_json(store, metrics_key(version)))
 
 
-def promote_if_not_worse(store: ObjectStore, metrics: ModelMetrics) -> PromotionDecision:
-    """Make ``metrics.version`` the champion unless its test accuracy is lower.
+def sanity_refusal(metrics: ModelMetrics, tolerance: float) -> str | None:
+    """Why a candidate must not serve whatever the champion, or None."""
+    chance, baseline = metrics.chance_accuracy, metrics.baseline
+    if chance is not None and metrics.accuracy <= chance:
+        return (
+            f"test accuracy {metrics.accuracy:.4f} is at or below chance ({chance:.4f}, always "
+            "answering the most common test class): the model learnt nothing usable"
+        )
+    if baseline is not None and metrics.accuracy < baseline.accuracy - tolerance:
+        return (
+            f"test accuracy {metrics.accuracy:.4f} is more than {tolerance:.2f} below the "
+            f"baseline's {baseline.accuracy:.4f} ({baseline.name}, same labels)"
+        )
+    return None
+
+
+def promote_if_not_worse(
+    store: ObjectStore, metrics: ModelMetrics, tolerance: float = 0.1
+) -> PromotionDecision:
+    """Make ``metrics.version`` the champion unless it is at chance, far below the pixel
+    baseline (``tolerance``), or its test accuracy is lower than the champion's.
 
     Each promotion is a conditional create of the next sequence number, so two
     concurrent promotions cannot both win against the same champion.
     """
+    refusal = sanity_refusal(metrics, tolerance)
+    if refusal is not None:
+        return _decision(metrics, current_champion(store), promoted=False, reason=refusal)
     while True:
         champion = current_champion(store)
         if champion is not None and metrics.accuracy < champion.accuracy:
@@ -134,15 +217,17 @@ def promote_if_not_worse(store: ObjectStore, metrics: ModelMetrics) -> Promotion
         # Another promotion took this sequence number: re-check against the new champion.
 
 
-def _decision(
-    metrics: ModelMetrics, champion: Promotion | None, *, promoted: bool
-) -> PromotionDecision:
+def _champion_comparison(metrics: ModelMetrics, champion: Promotion | None, promoted: bool) -> str:
     if champion is None:
-        reason = "first model: promoted"
-    elif promoted:
-        reason = f"test accuracy {metrics.accuracy:.4f} >= champion's {champion.accuracy:.4f}"
-    else:
-        reason = f"test accuracy {metrics.accuracy:.4f} < champion's {champion.accuracy:.4f}"
+        return "first model: promoted"
+    sign = ">=" if promoted else "<"
+    return f"test accuracy {metrics.accuracy:.4f} {sign} champion's {champion.accuracy:.4f}"
+
+
+def _decision(
+    metrics: ModelMetrics, champion: Promotion | None, *, promoted: bool, reason: str | None = None
+) -> PromotionDecision:
+    reason = reason or _champion_comparison(metrics, champion, promoted)
     return PromotionDecision(
         version=metrics.version,
         promoted=promoted,
@@ -151,4 +236,6 @@ def _decision(
         champion_version=champion.version if champion else None,
         champion_accuracy=champion.accuracy if champion else None,
         reason=reason,
+        baseline_accuracy=metrics.baseline.accuracy if metrics.baseline else None,
+        chance_accuracy=metrics.chance_accuracy,
     )

@@ -30,7 +30,9 @@ def train_candidate(settings: Settings) -> training.ModelMetrics:
     **STORE_RETRIES,
 )
 def promote_if_not_worse(settings: Settings, metrics: training.ModelMetrics) -> training.PromotionDecision:
-    return training.promote_if_not_worse(open_store(settings.storage), metrics)
+    return training.promote_if_not_worse(
+        open_store(settings.storage), metrics, settings.model.baseline_tolerance
+    )
 
 
 @task(name="report-training", task_run_name="report {metrics.version}", cache_policy=NO_CACHE)
