@@ -3,6 +3,7 @@ the pixel baseline and the promotion gate."""
 
 from __future__ import annotations
 
+import keras
 import numpy as np
 import pytest
 
@@ -266,3 +267,24 @@ def test_pixel_baseline_learns_a_learnable_set_and_not_noise():
     assert pixel_baseline(noise, y, x_test, y_test).accuracy <= 0.5
     big = np.repeat(np.repeat(x, 5, axis=1), 5, axis=2)  # 40 px: block means
     assert pixel_baseline(big, y, np.repeat(np.repeat(x_test, 5, 1), 5, 2), y_test).accuracy >= 0.9
+
+
+def test_fine_tuning_a_pretrained_backbone_keeps_its_batch_norm_statistics(tmp_path):
+    base = {"backbone": "mobilenet_v2", "image_size": 32, "head_epochs": 1, "finetune_epochs": 1,
+            "batch_size": 8, "min_steps": 0}
+    weights = tmp_path / "backbone.weights.h5"
+    modeling.build_classifier(ModelSettings(**base), 2).get_layer("backbone").save_weights(weights)
+    settings = ModelSettings(**base, weights=str(weights))
+    model = modeling.build_classifier(settings, 2)
+    backbone = model.get_layer("backbone")
+    norms = [layer for layer in backbone.layers if isinstance(layer, keras.layers.BatchNormalization)]
+    statistics = [(np.array(layer.moving_mean), np.array(layer.moving_variance)) for layer in norms]
+    kernel = backbone.get_layer("Conv1").get_weights()[0].copy()
+
+    history = modeling.train(model, *toy_data(n=16, size=32), settings)
+
+    assert [p.name for p in history.phases] == ["head", "finetune"]
+    assert not np.array_equal(kernel, backbone.get_layer("Conv1").get_weights()[0])  # it fine-tuned
+    for layer, (mean, variance) in zip(norms, statistics, strict=True):
+        np.testing.assert_array_equal(np.array(layer.moving_mean), mean)
+        np.testing.assert_array_equal(np.array(layer.moving_variance), variance)

@@ -93,9 +93,9 @@ def _build(settings: ModelSettings, num_classes: int) -> keras.Model:
             input_shape=(size, size, 3), include_top=False, weights=weights, pooling="avg"
         )
         backbone.name = "backbone"
-    # training=False asks for inference-mode BatchNorm; note that in Keras 3 fit() calls the
-    # outer model with training=True and that flag reaches the backbone's BatchNorm layers
-    # (seen on MobileNetV2), so fine-tuning a pretrained backbone updates their statistics.
+    # training=False is not enough for inference-mode BatchNorm: in Keras 3 a training step
+    # calls the outer model with training=True and that flag reaches the backbone's layers
+    # (seen on MobileNetV2). Fine-tuning makes them non-trainable instead (_freeze_batch_norm).
     features = backbone(x, training=False)
     x = keras.layers.Dropout(settings.dropout, name="dropout")(features)
     outputs = keras.layers.Dense(num_classes, activation="softmax", name="head")(x)
@@ -231,8 +231,11 @@ def train(model: keras.Model, x: np.ndarray, y: np.ndarray, settings: ModelSetti
     tracker = _BestWeights(model, x[val_idx], y[val_idx]) if len(val_idx) else None
     losses: list[list[float]] = []
     reports, step_offset, stopped = [], 0, False
+    backbone = model.get_layer("backbone")
     for phase in plan.phases:
-        model.get_layer("backbone").trainable = phase.backbone_trainable
+        backbone.trainable = phase.backbone_trainable
+        if phase.name == "finetune":
+            _freeze_batch_norm(backbone)
         # Recompiling after changing `trainable` is what makes the change take effect.
         model.compile(
             optimizer=keras.optimizers.Adam(keras.optimizers.schedules.CosineDecay(phase.learning_rate, phase.steps)),
@@ -247,7 +250,7 @@ def train(model: keras.Model, x: np.ndarray, y: np.ndarray, settings: ModelSetti
         step_offset += run
     if tracker is not None:
         tracker.restore()
-    model.get_layer("backbone").trainable = True
+    backbone.trainable = True
     return TrainingHistory(
         head_loss=losses[0] if losses else [],
         finetune_loss=losses[1] if len(losses) > 1 else [],
@@ -260,6 +263,18 @@ def train(model: keras.Model, x: np.ndarray, y: np.ndarray, settings: ModelSetti
         stopped_early=stopped,
         class_weights=weights.tolist() if weights is not None else None,
     )
+
+
+def _freeze_batch_norm(backbone: keras.Model) -> None:
+    """Keep a pretrained backbone's BatchNorm layers in inference mode while it fine-tunes:
+    a non-trainable BatchNormalization in Keras 3 uses, and keeps, its moving statistics,
+    so a few small batches of labels cannot overwrite what pretraining learnt (Keras'
+    transfer-learning guide)."""
+    for layer in backbone.layers:
+        if isinstance(layer, keras.layers.BatchNormalization):
+            layer.trainable = False
+        elif isinstance(layer, keras.Model):
+            _freeze_batch_norm(layer)
 
 
 def class_weights(y: np.ndarray, num_classes: int, *, imbalance: float = 1.5) -> np.ndarray | None:
