@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import io
+import struct
+import zlib
 
 import pytest
 from images import write_image, write_labelled_tree
 
 from activeflow.ingest import content_id, ingest_images
 from activeflow.pool import load_state
+from activeflow.settings import SettingsError, load_settings
 from activeflow.sources import SourceError, iter_source
 from activeflow.store import LocalStore, get_json, open_store
 
@@ -153,3 +156,43 @@ def _png(seed: int) -> bytes:
         buffer, format="PNG"
     )
     return buffer.getvalue()
+
+
+def _png_claiming(width: int, height: int) -> bytes:
+    """A valid PNG signature and header claiming ``width`` x ``height``, with almost no data:
+    what a decompression bomb looks like before it is decoded."""
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)  # 8-bit greyscale
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b"")
+
+
+def _corrupt_gif() -> bytes:
+    """A GIF whose logical screen is 65535 x 65535: PIL raises DecompressionBombError on open."""
+    return b"GIF89a" + struct.pack("<HH", 65535, 65535) + b"\x00\x00\x00" + b"\x2c" + b"\x00" * 9 + b"\x3b"
+
+
+def test_decompression_bombs_and_oversized_images_go_to_quarantine_not_a_traceback(store, tmp_path):
+    folder = tmp_path / "in"
+    write_image(folder / "good.png", 1)
+    (folder / "bomb.png").write_bytes(_png_claiming(40_000, 40_000))
+    (folder / "bomb.gif").write_bytes(_corrupt_gif())
+    (folder / "large.png").write_bytes(_png_claiming(5_000, 4_000))
+
+    report = ingest_images(store, iter_source(str(folder), labelled=False), max_pixels=10_000_000)
+
+    assert (report.new, report.quarantined) == (1, 3)
+    reasons = {get_json(store, k)["source"].rsplit("/", 1)[-1]: get_json(store, k)["reason"]
+               for k in store.list("quarantine/") if k.endswith(".json")}
+    assert reasons["large.png"] == "image is 5000x4000 = 20,000,000 pixels, above ingest.max_pixels (10,000,000)"
+    # PIL's own guard refuses these on open, before anything is decoded.
+    assert reasons["bomb.png"].startswith("decompression bomb: Image size (1600000000 pixels) exceeds limit")
+    assert reasons["bomb.gif"].startswith("decompression bomb: ")
+    assert len(load_state(store).samples) == 1
+
+
+def test_max_pixels_is_a_setting_checked_at_start():
+    assert load_settings().ingest.max_pixels == 64_000_000
+    with pytest.raises(SettingsError, match="ingest.max_pixels: Input should be greater than or equal to 1"):
+        load_settings(ingest={"max_pixels": 0})

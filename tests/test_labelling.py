@@ -718,3 +718,8 @@ def test_module_imports_neither_prefect_nor_tensorflow():
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert done.returncode == 0, done.stdout + done.stderr
+
+
+def test_refuses_deeply_nested_json_with_a_message_not_a_recursion_error():
+    error = refused("deep.json", b"[" * 10_000 + b"]" * 10_000, r"^deep\.json: JSON nested too deeply")
+    assert error.record is None

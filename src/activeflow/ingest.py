@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import struct
 from collections.abc import Iterable, Sequence
 
 from PIL import Image, UnidentifiedImageError
@@ -26,6 +27,7 @@ from activeflow.pool import (
     sample_key,
     utc_now,
 )
+from activeflow.settings import DEFAULT_MAX_PIXELS
 from activeflow.sources import SourceImage
 from activeflow.store import ObjectStore, put_json_if_absent, put_jsonl
 
@@ -45,18 +47,36 @@ def content_id(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def image_extension(data: bytes) -> str:
-    """The file extension of an image PIL can fully decode; ValueError says why not."""
+# What decoders raise on hostile or broken bytes, beyond PIL's own OSError: truncated
+# headers (EOFError, struct.error), impossible tile layouts (ValueError, IndexError).
+_DECODE_ERRORS = (OSError, SyntaxError, EOFError, struct.error, ValueError, IndexError, MemoryError)
+
+
+def image_extension(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> str:
+    """The file extension of an image PIL can fully decode; ValueError says why not.
+
+    The size its header claims is checked against ``max_pixels`` before anything is decoded,
+    so a small file that would expand to gigabytes never is."""
     if not data:
         raise ValueError("empty file")
     try:
         with Image.open(io.BytesIO(data)) as image:
-            image.load()  # a full decode catches truncated files that verify() lets through
+            width, height = image.size
+            oversized = width * height > max_pixels
+            if not oversized:
+                image.load()  # a full decode catches truncated files that verify() lets through
             format_name = image.format
     except UnidentifiedImageError:
         raise ValueError("not an image PIL can identify") from None
-    except (OSError, SyntaxError) as error:
-        raise ValueError(f"image cannot be decoded: {error}") from None
+    except Image.DecompressionBombError as error:
+        raise ValueError(f"decompression bomb: {error}") from None
+    except _DECODE_ERRORS as error:
+        raise ValueError(f"image cannot be decoded: {error or type(error).__name__}") from None
+    if oversized:
+        raise ValueError(
+            f"image is {width}x{height} = {width * height:,} pixels, "
+            f"above ingest.max_pixels ({max_pixels:,})"
+        )
     if format_name not in _EXTENSIONS:
         raise ValueError(f"unsupported image format {format_name}")
     return _EXTENSIONS[format_name]
@@ -68,10 +88,12 @@ def ingest_images(
     *,
     split: Split = "pool",
     classes: Sequence[str] = (),
+    max_pixels: int = DEFAULT_MAX_PIXELS,
 ) -> IngestReport:
     """Add new images to the store; ``split`` "train"/"test" keeps each image's label.
 
-    Labels outside ``classes`` (when classes are configured) are quarantined too.
+    Labels outside ``classes`` (when classes are configured), undecodable images and images
+    above ``max_pixels`` are quarantined with the reason.
     """
     report = IngestReport(ingest_id=new_id(), split=split)
     known = set(load_state(store).samples)
@@ -82,7 +104,7 @@ def ingest_images(
             report.duplicate += 1
             continue
         try:
-            ext = image_extension(image.data)
+            ext = image_extension(image.data, max_pixels)
             label = _checked_label(image, split, classes)
         except ValueError as problem:
             _quarantine(store, image, sample_id, str(problem))

@@ -313,6 +313,8 @@ def _json_entries(text: str, fail: _Fail) -> Iterator[_Entry]:
     except json.JSONDecodeError as exc:
         where = f"line {exc.lineno}, column {exc.colno}"
         raise fail(None, f"malformed JSON: {exc.msg} ({where})") from None
+    except RecursionError:
+        raise fail(None, "JSON nested too deeply to be a label export") from None
     if not isinstance(tasks, list):
         raise fail(None, f"expected a JSON list of tasks, got {_json_kind(tasks)}")
     if not tasks:

@@ -160,6 +160,18 @@ class ModelSettings(_Group):
         return self
 
 
+DEFAULT_MAX_PIXELS = 64_000_000
+
+
+class IngestSettings(_Group):
+    max_pixels: int = Field(
+        DEFAULT_MAX_PIXELS,
+        ge=1,
+        description="Largest image (width x height) ingest decodes; larger ones, and "
+        "decompression bombs, go to quarantine. Checked on the header, before decoding.",
+    )
+
+
 class ScoringSettings(_Group):
     shard_size: int = Field(
         512, ge=1, description="Samples per scoring shard; bounds memory whatever the pool size."
@@ -308,6 +320,7 @@ class Settings(BaseSettings):
     budget: BudgetSettings = Field(default_factory=BudgetSettings)
     strategy: StrategySettings = Field(default_factory=StrategySettings)
     model: ModelSettings = Field(default_factory=ModelSettings)
+    ingest: IngestSettings = Field(default_factory=IngestSettings)
     scoring: ScoringSettings = Field(default_factory=ScoringSettings)
     data: DataSettings = Field(default_factory=DataSettings)
     labelling: LabellingSettings = Field(default_factory=LabellingSettings)

@@ -17,5 +17,6 @@ from activeflow.tasks.retry import STORE_RETRIES
 def ingest_source(source: str, split: Split, settings: Settings) -> IngestReport:
     images = iter_source(source, labelled=split != "pool", storage=settings.storage)
     return ingest_images(
-        open_store(settings.storage), images, split=split, classes=settings.data.classes
+        open_store(settings.storage), images, split=split, classes=settings.data.classes,
+        max_pixels=settings.ingest.max_pixels,
     )
