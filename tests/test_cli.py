@@ -20,6 +20,7 @@ def run_cli(capsys, *argv):
 
 
 def test_status_json_on_an_empty_store(tmp_path, capsys):
+    (tmp_path / "store").mkdir()
     code, out, _ = run_cli(capsys, "--store", str(tmp_path / "store"), "status", "--json")
     assert code == 0
     assert json.loads(out) == {
@@ -30,6 +31,7 @@ def test_status_json_on_an_empty_store(tmp_path, capsys):
 
 def test_status_through_the_installed_entry_point(tmp_path):
     env_store = tmp_path / "store"
+    env_store.mkdir()
     result = subprocess.run(
         [Path(sys.executable).parent / "activeflow", "--store", str(env_store), "status", "--json"],
         capture_output=True, text=True, check=True,
@@ -92,3 +94,19 @@ def test_core_modules_import_without_prefect():
     code = "import sys\n" + "".join(f"import activeflow.{m}\n" for m in core) + \
         "assert 'prefect' not in sys.modules, sorted(m for m in sys.modules if 'prefect' in m)[:5]"
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_split_without_labelled_is_refused_before_writing(tmp_path, capsys):
+    write_labelled_tree(tmp_path / "test", {"cat": 1, "dog": 1})
+    store = tmp_path / "store"
+    code, out, err = run_cli(capsys, "--store", str(store), "ingest", str(tmp_path / "test"), "--split", "test")
+    assert code == 2 and out == ""
+    assert "activeflow ingest: error: --split test needs --labelled" in err
+    assert not store.exists()
+
+
+def test_status_of_a_store_that_does_not_exist_is_an_error(tmp_path, capsys):
+    code, out, err = run_cli(capsys, "--store", str(tmp_path / "typo"), "status")
+    assert code == 2 and out == ""
+    assert f"activeflow status: error: no store at {tmp_path / 'typo'}" in err
+    assert not (tmp_path / "typo").exists()

@@ -53,9 +53,15 @@ def test_local_weights_file_is_loaded(tmp_path):
     assert all(np.all(w == 0.5) for w in model.get_layer("backbone").get_weights())
 
 
-def test_missing_weights_file_is_named():
-    with pytest.raises(ValueError, match="model.weights: '/no/such.h5' is neither"):
-        modeling.build_classifier(ModelSettings(**TINY, weights="/no/such.h5"), 2)
+def test_missing_weights_file_is_named(tmp_path):
+    with pytest.raises(ValueError, match="'/no/such.h5' is neither 'none', 'imagenet' nor an existing"):
+        ModelSettings(**TINY, weights="/no/such.h5")
+    weights = tmp_path / "gone.h5"
+    weights.write_bytes(b"x")
+    settings = ModelSettings(**TINY, weights=str(weights))
+    weights.unlink()  # deleted after the settings were read
+    with pytest.raises(ValueError, match=f"model.weights: '{weights}' is neither"):
+        modeling.build_classifier(settings, 2)
 
 
 def test_pretrained_backbone_stays_frozen_in_the_head_phase(tmp_path):

@@ -89,3 +89,25 @@ def test_zero_epochs_in_both_phases_is_refused():
 def test_settings_round_trip_as_a_flow_parameter():
     settings = load_settings(budget={"per_run": 7}, data={"classes": ["a", "b"]})
     assert Settings.model_validate(settings.model_dump()) == settings
+
+
+def test_a_toml_syntax_error_names_the_file(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "activeflow.toml").write_text("[budget\nper_run = 5\n")
+    with pytest.raises(SettingsError, match=r"^activeflow.toml: invalid TOML: .*line 1"):
+        load_settings()
+    custom = tmp_path / "team.toml"
+    custom.write_text("per_run = = 5\n")
+    with pytest.raises(SettingsError, match=rf"^{custom}: invalid TOML"):
+        load_settings(custom)
+
+
+def test_model_weights_are_checked_at_start(tmp_path):
+    # "none" is what people write for no weights (TOML has no null): it means None.
+    assert load_settings(model={"weights": "none"}).model.weights is None
+    assert load_settings(model={"weights": "imagenet"}).model.weights == "imagenet"
+    weights = tmp_path / "backbone.weights.h5"
+    weights.write_bytes(b"x")
+    assert load_settings(model={"weights": str(weights)}).model.weights == str(weights)
+    with pytest.raises(SettingsError, match=r"model.weights: Value error, '/no/such.h5' is neither"):
+        load_settings(model={"weights": "/no/such.h5"})

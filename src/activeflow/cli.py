@@ -13,7 +13,11 @@ from typing import Any
 from activeflow.settings import Settings, SettingsError, load_settings
 
 # Errors a person can act on: printed as one line, exit code 2, no traceback.
-_USER_ERRORS: tuple[type[Exception], ...] = (SettingsError,)
+class UsageError(ValueError):
+    """Options that contradict each other; the message says which and why."""
+
+
+_USER_ERRORS: tuple[type[Exception], ...] = (SettingsError, UsageError)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -28,8 +32,8 @@ def _parser() -> argparse.ArgumentParser:
     ingest = commands.add_parser("ingest", help="ingest new images into the store")
     ingest.add_argument("source", help="folder, s3://bucket/prefix or tfds:NAME[/SPLIT]")
     ingest.add_argument("--labelled", action="store_true", help="SOURCE is <class>/<image>")
-    ingest.add_argument("--split", choices=["train", "test"], default="train",
-                        help="with --labelled: training labels or the held-out test set")
+    ingest.add_argument("--split", choices=["train", "test"],
+                        help="with --labelled: training labels (default) or the held-out test set")
     _json_flag(ingest)
 
     _json_flag(commands.add_parser("score", help="score the pool with the champion"))
@@ -148,13 +152,21 @@ def _run(args: argparse.Namespace, settings: Settings) -> Any:
     command = args.command
     if command == "status":  # reads the store only: no Prefect run needed
         from activeflow.pool import load_state
-        from activeflow.store import open_store
+        from activeflow.store import LocalStore, StoreError, open_store
 
-        return load_state(open_store(settings.storage)).summary(settings.budget.total)
+        store = open_store(settings.storage)
+        if isinstance(store, LocalStore) and not store.root.is_dir():
+            raise StoreError(f"no store at {store.root}: nothing was ingested there (check --store or storage.uri)")
+        return load_state(store).summary(settings.budget.total)
     if command == "ingest":
         from activeflow.flows.ingest import ingest_flow
 
-        split = args.split if args.labelled else "pool"
+        if args.split and not args.labelled:
+            raise UsageError(
+                f"--split {args.split} needs --labelled (SOURCE laid out as <class>/<image>); "
+                "without it images go to the unlabelled pool"
+            )
+        split = (args.split or "train") if args.labelled else "pool"
         return ingest_flow(args.source, split=split, settings=settings)
     if command == "score":
         from activeflow.flows.score import score_flow

@@ -8,6 +8,7 @@ here runs at import time.
 
 from __future__ import annotations
 
+import tomllib
 from pathlib import Path
 from typing import Literal
 
@@ -152,6 +153,18 @@ class ModelSettings(_Group):
         "same labels is not promoted.",
     )
     seed: int = Field(0, description="Seed for weight init, batches, augmentation and splits.")
+
+    @field_validator("weights")
+    @classmethod
+    def _known_weights(cls, value: str | None) -> str | None:
+        # TOML has no null: "none" is how people write "no pretrained weights".
+        if value is None or value.strip().lower() in ("", "none"):
+            return None
+        if value != "imagenet" and not Path(value).expanduser().is_file():
+            raise ValueError(
+                f"{value!r} is neither 'none', 'imagenet' nor an existing weights file"
+            )
+        return value
 
     @model_validator(mode="after")
     def _trains_at_all(self) -> ModelSettings:
@@ -366,6 +379,8 @@ def load_settings(config_file: Path | None = None, **overrides: object) -> Setti
         return Settings(**overrides)
     except ValidationError as error:
         raise SettingsError(describe_validation_error(error)) from None
+    except tomllib.TOMLDecodeError as error:
+        raise SettingsError(f"{config_file or 'activeflow.toml'}: invalid TOML: {error}") from None
 
 
 def describe_validation_error(error: ValidationError) -> str:
