@@ -237,6 +237,24 @@ def test_a_dropped_export_is_claimed_exactly_once_across_polls(tmp_path):
     assert label_drops.scan_drops(store, "incoming-labels/", "poll 4").claimed == []
 
 
+def test_badly_named_drops_are_reported_once_and_never_stop_the_valid_ones(tmp_path):
+    store = LocalStore(tmp_path)
+    folder = tmp_path / "incoming-labels"
+    folder.mkdir()
+    for name in ("..json", "a\\b.json", "-x.csv", "b 2.json"):
+        (folder / name).write_bytes(b"id,label\n")  # written by hand: the store refuses such keys
+    store.put("incoming-labels/b1.json", b'[{"id": 1}]')
+
+    first = label_drops.scan_drops(store, "incoming-labels/", "poll 1")
+    second = label_drops.scan_drops(store, "incoming-labels/", "poll 2")
+
+    assert [d.batch_id for d in first.claimed] == ["b1"]
+    assert sorted(first.ignored) == sorted(f"incoming-labels/{n}" for n in ("..json", "a\\b.json", "-x.csv", "b 2.json"))
+    assert all("not a batch id" in why or "invalid key" in why for why in first.ignored.values())
+    assert second.ignored == {} and second.already_ignored == 4  # reported once
+    assert second.claimed == [] and second.already_claimed == ["incoming-labels/b1.json"]
+
+
 def test_a_withdrawn_claim_is_announced_again(tmp_path):
     store = LocalStore(tmp_path)
     store.put("incoming-labels/b1.csv", b"id,label\n")
@@ -272,6 +290,8 @@ def test_drop_scan_summary_lists_each_outcome(tmp_path):
     text = monitoring.drop_scan_summary(scan, "activeflow.labels.ready")
     assert "- `in/b1.csv` for batch `b1`" in text
     assert "`in/x.txt`: not a label export" in text
+    again = monitoring.drop_scan_summary(label_drops.scan_drops(store, "in/", "poll 2"), "e")
+    assert "`in/x.txt`" not in again and "reported by an earlier poll: 1 files" in again
 
 
 # Per-run options and the schedule settings --------------------------------------------

@@ -368,4 +368,6 @@ def drop_scan_summary(scan: DropScan, event: str) -> str:
     if scan.ignored:
         lines += ["", "Ignored:"]
         lines += [f"- `{key}`: {why}" for key, why in sorted(scan.ignored.items())]
+    if scan.already_ignored:
+        lines += ["", f"Not label exports, reported by an earlier poll: {scan.already_ignored} files."]
     return "\n".join(lines)
