@@ -497,7 +497,7 @@ def test_refuses_task_without_sample_id():
 def test_refuses_non_string_sample_id():
     export = json_export()
     export[0]["data"]["sample_id"] = 12
-    refused("export.json", dump(export), r"task 1: sample id .* must be a non-empty string, got 12")
+    refused("export.json", dump(export), r"task 1: sample id .* must be a non-empty string, got a number")
 
 
 def test_refuses_non_object_in_task_list():
@@ -723,3 +723,12 @@ def test_module_imports_neither_prefect_nor_tensorflow():
 def test_refuses_deeply_nested_json_with_a_message_not_a_recursion_error():
     error = refused("deep.json", b"[" * 10_000 + b"]" * 10_000, r"^deep\.json: JSON nested too deeply")
     assert error.record is None
+
+
+def test_a_refusal_never_echoes_what_the_file_holds():
+    secret = b"root:x:0:0:root:/root:/bin/bash\ndaemon:x:1:1:daemon:/usr/sbin:/usr/sbin/nologin\n"
+    error = refused("passwd", secret, r"^passwd, line 1: CSV header needs")
+    assert "root" not in str(error) and "daemon" not in str(error)
+    assert "(the first line has 1 column)" in str(error)
+    tokens = refused("x.json", b'[{"sample_id": {"token": "s3cr3t"}, "label": "cat"}]', "must be a non-empty string")
+    assert "s3cr3t" not in str(tokens)

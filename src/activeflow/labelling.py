@@ -400,7 +400,7 @@ def _sample_id(record: str, value: Any, where: str, fail: _Fail) -> str:
     if value is None:
         raise fail(record, f"missing sample id ({where})")
     if not isinstance(value, str) or not value.strip():
-        raise fail(record, f"sample id ({where}) must be a non-empty string, got {value!r}")
+        raise fail(record, f"sample id ({where}) must be a non-empty string, got {_json_kind(value)}")
     return value
 
 
@@ -425,10 +425,11 @@ def _csv_entries(text: str, fail: _Fail) -> Iterator[_Entry]:
         columns = [name.strip() for name in header]
         id_column = "sample_id" if "sample_id" in columns else "id"
         if id_column not in columns or CHOICES_TAG not in columns:
+            # Never echo the line itself: the file may be anything (a refusal is logged).
             raise fail(
                 "line 1",
-                f"CSV header needs an 'id' (or 'sample_id') and a '{CHOICES_TAG}' column, "
-                f"got {columns}",
+                f"CSV header needs an 'id' (or 'sample_id') and a '{CHOICES_TAG}' column "
+                f"(the first line has {len(columns)} column{'s' if len(columns) != 1 else ''})",
             )
         for name in (id_column, CHOICES_TAG):
             if columns.count(name) > 1:
