@@ -566,3 +566,31 @@ def test_the_store_module_imports_neither_prefect_nor_tensorflow() -> None:
     )
 
     assert result.stdout.strip() == "[]"
+
+
+def test_a_frozen_s3_endpoint_fails_within_the_configured_timeouts(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A server that accepts connections and never answers (a hung S3) must not hang us."""
+    import socket
+    import time
+
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "any")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "any")
+    frozen = socket.create_server(("127.0.0.1", 0), backlog=16)  # accepts, never reads or replies
+    endpoint = f"http://127.0.0.1:{frozen.getsockname()[1]}"
+    storage = StorageSettings(
+        uri="s3://some-bucket/p", endpoint_url=endpoint,
+        connect_timeout_seconds=1, read_timeout_seconds=1, max_attempts=2,
+    )
+    try:
+        started = time.monotonic()
+        with pytest.raises(StoreError, match=f"at endpoint {endpoint}.*[Rr]ead timeout"):
+            open_store(storage).exists("a")
+        assert time.monotonic() - started < 10  # 2 attempts x 1 s, plus backoff
+    finally:
+        frozen.close()
+
+
+def test_s3_timeouts_default_to_failing_within_about_a_minute() -> None:
+    storage = StorageSettings()
+    worst = storage.max_attempts * (storage.connect_timeout_seconds + storage.read_timeout_seconds)
+    assert worst <= 60

@@ -47,6 +47,19 @@ class StorageSettings(_Group):
         None, description="S3 endpoint for non-AWS servers (MinIO, SeaweedFS); None for AWS."
     )
     region: str | None = Field(None, description="S3 region; None lets boto3 decide.")
+    connect_timeout_seconds: float = Field(
+        5, gt=0, description="S3: seconds to wait for a connection, per attempt."
+    )
+    read_timeout_seconds: float = Field(
+        15, gt=0, description="S3: seconds to wait for a response, per attempt."
+    )
+    max_attempts: int = Field(
+        3,
+        ge=1,
+        le=10,
+        description="S3: attempts per request (botocore's standard retries); a frozen endpoint "
+        "fails after about max_attempts x (connect + read) seconds.",
+    )
 
     @field_validator("uri")
     @classmethod

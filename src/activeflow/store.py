@@ -263,16 +263,22 @@ class S3Store(ObjectStore):
 
     The boto3 client is built inside, lazily, and dropped when pickled, so a store can
     be handed to another process. The bucket is checked once, on first use; buckets are
-    never created here. Transient errors are retried by botocore (standard mode, 5
-    attempts). Failures surface as StoreError naming the endpoint, bucket and key.
+    never created here. Transient errors are retried by botocore (standard mode,
+    ``max_attempts`` in all), each attempt bounded by the connect and read timeouts, so an
+    unreachable or frozen endpoint fails in about ``max_attempts * (connect + read)``
+    seconds. Failures surface as StoreError naming the endpoint, bucket and key.
     """
 
-    def __init__(
+    def __init__(  # noqa: PLR0913 (the settings of one connection)
         self,
         bucket: str,
         prefix: str = "",
         endpoint_url: str | None = None,
         region: str | None = None,
+        *,
+        connect_timeout: float = 5,
+        read_timeout: float = 15,
+        max_attempts: int = 3,
     ) -> None:
         if len(bucket) < 3 or "/" in bucket:
             raise StoreError(f"invalid bucket name {bucket!r} (3+ characters, no '/')")
@@ -282,6 +288,7 @@ class S3Store(ObjectStore):
             validate_key(self.prefix, what="store prefix")
         self.endpoint_url = endpoint_url
         self.region = region
+        self.timeouts = (connect_timeout, read_timeout, max_attempts)
         self.uri = f"s3://{bucket}/{self.prefix}" if self.prefix else f"s3://{bucket}"
         self._s3: Any = None  # boto3 client, built on first use
         self._bucket_checked = False
@@ -304,10 +311,11 @@ class S3Store(ObjectStore):
         if not self._bucket_checked:
             with self._lock:
                 if self._s3 is None:
+                    connect, read, attempts = self.timeouts
                     config = Config(
-                        retries={"max_attempts": 5, "mode": "standard"},
-                        connect_timeout=10,
-                        read_timeout=60,
+                        retries={"max_attempts": attempts, "mode": "standard"},
+                        connect_timeout=connect,
+                        read_timeout=read,
                         signature_version="s3v4",
                     )
                     self._s3 = _new_session(self.region).client(
@@ -455,7 +463,11 @@ def open_store(storage: StorageSettings) -> ObjectStore:
     """``s3://bucket/prefix`` -> S3Store; anything else is a local directory."""
     if storage.uri.startswith("s3://"):
         bucket, _, prefix = storage.uri.removeprefix("s3://").partition("/")
-        return S3Store(bucket, prefix, endpoint_url=storage.endpoint_url, region=storage.region)
+        return S3Store(
+            bucket, prefix, endpoint_url=storage.endpoint_url, region=storage.region,
+            connect_timeout=storage.connect_timeout_seconds,
+            read_timeout=storage.read_timeout_seconds, max_attempts=storage.max_attempts,
+        )
     return LocalStore(Path(storage.uri).expanduser().resolve())
 
 
