@@ -85,3 +85,15 @@ def test_benchmark_flow_on_synthetic_shapes_reports_the_baseline(tmp_path):
     assert result.summary.baseline is not None and len(result.summary.baseline.curve.mean) == 2
     assert result.summary.target.chance == pytest.approx(1 / 3)
     assert "| baseline: logistic regression on 16x16 pixels, on random's labels |" in result.table
+
+
+def test_a_benchmark_run_goes_on_when_no_candidate_is_promoted(tmp_path):
+    """A model at chance is refused; the run's batches are then random cold starts."""
+    never = {**TINY_MODEL, "min_steps": 1, "baseline_tolerance": 0.0}
+    result = benchmark_flow(
+        load_settings(model=never), out=str(tmp_path / "bench"), strategies=["margin"],
+        seeds=1, rounds=2, budget=5, test_size=40, pool_size=40,
+    )
+    document = json.loads(Path(result.files["json"]).read_text())
+    assert [r["round"] for r in document["records"] if r["strategy"] == "margin"] == [0, 1, 2]
+    assert not any(r["promoted"] for r in document["records"])

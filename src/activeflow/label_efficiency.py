@@ -312,7 +312,10 @@ def _retrain(store, settings: Settings) -> training.PromotionDecision:  # noqa: 
 
 
 def _score(store, settings: Settings) -> None:  # noqa: ANN001
-    plan = scoring.plan_scoring(load_state(store), settings.scoring.shard_size)
+    state = load_state(store)
+    if state.champion is None:
+        return  # every candidate so far was refused: the export is a random cold start
+    plan = scoring.plan_scoring(state, settings.scoring.shard_size)
     scored = sum(
         scoring.score_shard(store, settings, plan.model_version, plan.run_id, i, keys)
         for i, keys in enumerate(plan.shards)
