@@ -294,3 +294,40 @@ def test_fine_tuning_a_pretrained_backbone_keeps_its_batch_norm_statistics(tmp_p
     for layer, (mean, variance) in zip(norms, statistics, strict=True):
         np.testing.assert_array_equal(np.array(layer.moving_mean), mean)
         np.testing.assert_array_equal(np.array(layer.moving_variance), variance)
+
+
+def test_the_gate_compares_with_the_champion_on_the_candidates_test_set(tmp_path):
+    """A test set that grew since the champion was promoted: the champion's recorded
+    accuracy is of the old set, so it is re-evaluated on the new one before comparing."""
+    from activeflow import training
+    from activeflow.demo_data import write_digits
+    from activeflow.ingest import ingest_images
+    from activeflow.pool import load_state
+    from activeflow.settings import load_settings
+    from activeflow.sources import iter_source
+
+    digits = write_digits(tmp_path / "digits", arrivals=2, test_size=80)
+    store = LocalStore(tmp_path / "store")
+    settings = load_settings(
+        storage={"uri": store.uri}, data={"classes": digits.classes},
+        model={**TINY, "min_steps": 40, "baseline_tolerance": 1.0},
+    )
+    test_images = list(iter_source(str(digits.test), labelled=True))
+    ingest_images(store, test_images[:40], split="test")
+    ingest_images(store, iter_source(str(digits.seed), labelled=True), split="train")
+    first = training.train_candidate(store, load_state(store), settings)
+    assert training.promote_if_not_worse(store, first, 1.0).promoted
+    assert current_champion(store).test_set == first.test_set
+
+    ingest_images(store, test_images[40:], split="test")  # the held-out set grows
+    second = training.train_candidate(store, load_state(store), settings)
+    decision = training.promote_if_not_worse(store, second, 1.0)
+
+    assert second.test_set != first.test_set
+    x, y = training.load_examples(store, load_state(store), load_state(store).test, digits.classes, 8)
+    champion = modeling.model_from_bytes(store.get(f"models/{first.version}/model.keras"))
+    on_new_set = modeling.evaluate(modeling.predict_proba(champion, x, 64), y, digits.classes).accuracy
+    assert second.champion_rescored.version == first.version
+    assert second.champion_rescored.accuracy == pytest.approx(on_new_set)
+    assert decision.champion_accuracy == pytest.approx(on_new_set)
+    assert "(re-evaluated on this test set)" in decision.reason

@@ -141,6 +141,7 @@ class Promotion(BaseModel):
     accuracy: float
     previous: str | None
     promoted_at: str
+    test_set: str | None = None  # fingerprint of the test set ``accuracy`` was measured on
 
 
 # State --------------------------------------------------------------------------------

@@ -5,6 +5,7 @@ champion."""
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Mapping, Sequence
 
 import numpy as np
@@ -37,6 +38,13 @@ class BaselineReport(BaseModel):
     accuracy: float
 
 
+class ChampionScore(BaseModel):
+    """The champion re-evaluated on the candidate's test set (when its record is of another)."""
+
+    version: str
+    accuracy: float
+
+
 class ModelMetrics(BaseModel):
     version: str
     created_at: str
@@ -51,6 +59,8 @@ class ModelMetrics(BaseModel):
     # Older metrics files have neither: their gate compared with the champion only.
     chance_accuracy: float | None = None  # share of the most common class in the test set
     baseline: BaselineReport | None = None
+    test_set: str | None = None  # fingerprint of the test set (ids and labels) evaluated on
+    champion_rescored: ChampionScore | None = None
 
 
 class PromotionDecision(BaseModel):
@@ -102,6 +112,15 @@ def train_candidate(store: ObjectStore, state: PoolState, settings: Settings) ->
     probs = modeling.predict_proba(model, x_test, settings.model.batch_size)
     evaluation = modeling.evaluate(probs, y_test, classes)
     baseline = pixel_baseline(x_train, y_train, x_test, y_test, settings.model.seed)
+    test_set = test_set_fingerprint(state.test)
+    champion = state.champion
+    rescored = None
+    if champion is not None and champion.test_set != test_set:
+        # Its recorded accuracy is of another test set: compare on this one.
+        old = modeling.model_from_bytes(store.get(model_key(champion.version)))
+        old_probs = modeling.predict_proba(old, x_test, settings.model.batch_size)
+        accuracy = modeling.evaluate(old_probs, y_test, classes).accuracy
+        rescored = ChampionScore(version=champion.version, accuracy=accuracy)
 
     version = new_id("m")
     store.put(model_key(version), modeling.model_to_bytes(model))
@@ -118,10 +137,18 @@ def train_candidate(store: ObjectStore, state: PoolState, settings: Settings) ->
         model_settings=settings.model.model_dump(),
         chance_accuracy=chance_accuracy(y_test, len(classes)),
         baseline=baseline,
+        test_set=test_set,
+        champion_rescored=rescored,
     )
     # Metrics last: a version without metrics.json was never finished.
     put_json_if_absent(store, metrics_key(version), metrics.model_dump())
     return metrics
+
+
+def test_set_fingerprint(test: Mapping[str, str]) -> str:
+    """sha256 of the test set's sample ids and labels: accuracies compare only within one."""
+    lines = "".join(f"{sample_id}\t{test[sample_id]}\n" for sample_id in sorted(test))
+    return hashlib.sha256(lines.encode()).hexdigest()
 
 
 def chance_accuracy(y: np.ndarray, num_classes: int) -> float:
@@ -202,8 +229,11 @@ def promote_if_not_worse(
         return _decision(metrics, current_champion(store), promoted=False, reason=refusal)
     while True:
         champion = current_champion(store)
-        if champion is not None and metrics.accuracy < champion.accuracy:
-            return _decision(metrics, champion, promoted=False)
+        bar = _champion_bar(metrics, champion)
+        if isinstance(bar, str):
+            return _decision(metrics, champion, promoted=False, reason=bar)
+        if bar is not None and metrics.accuracy < bar:
+            return _decision(metrics, champion, promoted=False, champion_accuracy=bar)
         sequence = champion.sequence + 1 if champion else 1
         promotion = Promotion(
             sequence=sequence,
@@ -211,30 +241,58 @@ def promote_if_not_worse(
             accuracy=metrics.accuracy,
             previous=champion.version if champion else None,
             promoted_at=utc_now(),
+            test_set=metrics.test_set,
         )
         if put_json_if_absent(store, promotion_key(sequence), promotion.model_dump()):
-            return _decision(metrics, champion, promoted=True)
+            return _decision(metrics, champion, promoted=True, champion_accuracy=bar)
         # Another promotion took this sequence number: re-check against the new champion.
 
 
-def _champion_comparison(metrics: ModelMetrics, champion: Promotion | None, promoted: bool) -> str:
+def _champion_bar(metrics: ModelMetrics, champion: Promotion | None) -> float | str | None:
+    """The champion's accuracy on the candidate's test set; None without a champion; a
+    refusal when it is not known (the champion changed, and was measured on another set)."""
     if champion is None:
+        return None
+    if metrics.test_set is None or champion.test_set == metrics.test_set:
+        return champion.accuracy
+    rescored = metrics.champion_rescored
+    if rescored is not None and rescored.version == champion.version:
+        return rescored.accuracy
+    return (
+        f"champion {champion.version} was measured on another test set and changed while "
+        "this candidate trained: retrain to compare the two on one test set"
+    )
+
+
+def _champion_comparison(
+    metrics: ModelMetrics, champion: Promotion | None, promoted: bool, bar: float | None
+) -> str:
+    if champion is None or bar is None:
         return "first model: promoted"
     sign = ">=" if promoted else "<"
-    return f"test accuracy {metrics.accuracy:.4f} {sign} champion's {champion.accuracy:.4f}"
+    rescored = metrics.test_set is not None and champion.test_set != metrics.test_set
+    again = " (re-evaluated on this test set)" if rescored else ""
+    return f"test accuracy {metrics.accuracy:.4f} {sign} champion's {bar:.4f}{again}"
 
 
 def _decision(
-    metrics: ModelMetrics, champion: Promotion | None, *, promoted: bool, reason: str | None = None
+    metrics: ModelMetrics,
+    champion: Promotion | None,
+    *,
+    promoted: bool,
+    reason: str | None = None,
+    champion_accuracy: float | None = None,
 ) -> PromotionDecision:
-    reason = reason or _champion_comparison(metrics, champion, promoted)
+    if champion_accuracy is None and champion is not None:
+        champion_accuracy = champion.accuracy
+    reason = reason or _champion_comparison(metrics, champion, promoted, champion_accuracy)
     return PromotionDecision(
         version=metrics.version,
         promoted=promoted,
         accuracy=metrics.accuracy,
         labels_used=metrics.labels_used,
         champion_version=champion.version if champion else None,
-        champion_accuracy=champion.accuracy if champion else None,
+        champion_accuracy=champion_accuracy,
         reason=reason,
         baseline_accuracy=metrics.baseline.accuracy if metrics.baseline else None,
         chance_accuracy=metrics.chance_accuracy,
