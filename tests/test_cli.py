@@ -110,3 +110,12 @@ def test_status_of_a_store_that_does_not_exist_is_an_error(tmp_path, capsys):
     assert code == 2 and out == ""
     assert f"activeflow status: error: no store at {tmp_path / 'typo'}" in err
     assert not (tmp_path / "typo").exists()
+
+
+def test_global_options_work_after_the_command_too(tmp_path, capsys):
+    (tmp_path / "store").mkdir()
+    code, out, _ = run_cli(capsys, "status", "--store", str(tmp_path / "store"), "--json")
+    assert code == 0 and json.loads(out)["champion"] is None
+    # Given before the command and not after, it stays.
+    code, _, err = run_cli(capsys, "--store", str(tmp_path / "typo"), "status")
+    assert code == 2 and f"no store at {tmp_path / 'typo'}" in err

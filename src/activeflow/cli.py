@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import sys
@@ -24,25 +25,28 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="activeflow", description="Prefect-orchestrated active learning for images."
     )
-    parser.add_argument("--config", type=Path, help="settings file (default: ./activeflow.toml)")
-    parser.add_argument("--store", help="storage.uri: a local folder or s3://bucket/prefix")
-    parser.add_argument("--endpoint-url", help="storage.endpoint_url for non-AWS S3 servers")
+    _global_options(parser, None)
+    # The same options after the command too (`activeflow status --store X`); there they
+    # default to "not given", so they never undo what was given before the command.
+    after = argparse.ArgumentParser(add_help=False)
+    _global_options(after, argparse.SUPPRESS)
     commands = parser.add_subparsers(dest="command", required=True)
+    command = functools.partial(commands.add_parser, parents=[after])
 
-    ingest = commands.add_parser("ingest", help="ingest new images into the store")
+    ingest = command("ingest", help="ingest new images into the store")
     ingest.add_argument("source", help="folder, s3://bucket/prefix or tfds:NAME[/SPLIT]")
     ingest.add_argument("--labelled", action="store_true", help="SOURCE is <class>/<image>")
     ingest.add_argument("--split", choices=["train", "test"],
                         help="with --labelled: training labels (default) or the held-out test set")
     _json_flag(ingest)
 
-    _json_flag(commands.add_parser("score", help="score the pool with the champion"))
+    _json_flag(command("score", help="score the pool with the champion"))
 
-    export = commands.add_parser("export-batch", help="export the next labelling batch")
+    export = command("export-batch", help="export the next labelling batch")
     _budget_options(export)
     _json_flag(export)
 
-    imports = commands.add_parser("import-labels", help="import a batch's completed labels")
+    imports = command("import-labels", help="import a batch's completed labels")
     imports.add_argument("batch_id")
     imports.add_argument(
         "file",
@@ -51,17 +55,17 @@ def _parser() -> argparse.ArgumentParser:
     )
     _json_flag(imports)
 
-    _json_flag(commands.add_parser("retrain", help="retrain; promote if not worse"))
-    _json_flag(commands.add_parser("status", help="what the store holds"))
+    _json_flag(command("retrain", help="retrain; promote if not worse"))
+    _json_flag(command("status", help="what the store holds"))
 
-    cycle = commands.add_parser("cycle", help="score -> export-batch (simulate: + oracle, retrain)")
+    cycle = command("cycle", help="score -> export-batch (simulate: + oracle, retrain)")
     cycle.add_argument("--simulate", action="store_true", help="answer batches from --oracle")
     cycle.add_argument("--oracle", help="ground truth folder laid out as <class>/<image>")
     cycle.add_argument("--rounds", type=int, default=1)
     _budget_options(cycle)
     _json_flag(cycle)
 
-    bench = commands.add_parser("benchmark", help="label efficiency of strategies against random")
+    bench = command("benchmark", help="label efficiency of strategies against random")
     bench.add_argument("--strategies", help="comma-separated (default: all); random always runs")
     bench.add_argument("--seeds", type=int, default=5)
     bench.add_argument("--rounds", type=int, default=8)
@@ -78,16 +82,25 @@ def _parser() -> argparse.ArgumentParser:
     bench.add_argument("--out", default="activeflow-benchmark")
     _json_flag(bench)
 
-    demo = commands.add_parser("demo", help="the whole loop on bundled digits, margin vs random")
+    demo = command("demo", help="the whole loop on bundled digits, margin vs random")
     demo.add_argument("--out", default="activeflow-demo", help="where data, stores and report go")
     demo.add_argument("--rounds", type=int, default=8)
     demo.add_argument("--budget", type=int, default=20, help="labels per round")
 
-    commands.add_parser(
+    command(
         "serve",
         help="serve the deployments (schedules, triggers) until interrupted; needs PREFECT_API_URL",
     )
     return parser
+
+
+def _global_options(parser: argparse.ArgumentParser, default: Any) -> None:
+    parser.add_argument("--config", type=Path, default=default,
+                        help="settings file (default: ./activeflow.toml)")
+    parser.add_argument("--store", default=default,
+                        help="storage.uri: a local folder or s3://bucket/prefix")
+    parser.add_argument("--endpoint-url", default=default,
+                        help="storage.endpoint_url for non-AWS S3 servers")
 
 
 def _json_flag(command: argparse.ArgumentParser) -> None:
