@@ -81,6 +81,17 @@ def test_ingest_export_and_refused_import_through_the_cli(tmp_path, capsys, monk
     assert (status["queued"], status["labelled"], status["quarantined"], status["test"]) == (3, 0, 1, 2)
     assert status["budget_spent"] == 3 and not (store / "labels").exists()
 
+    # A changed label on re-import never overwrites, and is said on stderr with exit 1.
+    ids = [line.split(",")[0] for line in Path(exported["files"]["csv"]).read_text().splitlines()[1:]]
+    good, changed = tmp_path / "good.csv", tmp_path / "changed.csv"
+    good.write_text("id,label\n" + "".join(f"{i},cat\n" for i in ids))
+    changed.write_text(f"id,label\n{ids[0]},dog\n")
+    code, _, err = run_cli(capsys, *base, "import-labels", exported["batch_id"], str(good), "--json")
+    assert code == 0 and err == ""
+    code, out, err = run_cli(capsys, *base, "import-labels", exported["batch_id"], str(changed), "--json")
+    assert code == 1 and json.loads(out)["conflicts"] == [{"sample_id": ids[0], "imported": "cat", "offered": "dog"}]
+    assert f"1 label conflicts with what was imported before and was not written: {ids[0]} is 'cat', the file says 'dog'" in err
+
 
 @pytest.mark.usefixtures("prefect_harness")
 def test_retrain_without_classes_says_how_to_set_them(tmp_path, capsys):

@@ -141,7 +141,25 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"activeflow {args.command}: error: {error}", file=sys.stderr)
         return 2
     _print(result, as_json=getattr(args, "json", False))
-    return 0
+    return _warnings(result)
+
+
+def _warnings(result: Any) -> int:
+    """1, with what to look at on stderr, when a command did its work but some of the
+    input could not be used as given (a changed label is never overwritten)."""
+    conflicts = getattr(result, "conflicts", None)
+    if not conflicts:
+        return 0
+    shown = "; ".join(f"{c.sample_id} is {c.imported!r}, the file says {c.offered!r}" for c in conflicts[:5])
+    more = f" (and {len(conflicts) - 5} more)" if len(conflicts) > 5 else ""
+    what = "label conflicts" if len(conflicts) == 1 else "labels conflict"
+    were = "was" if len(conflicts) == 1 else "were"
+    print(
+        f"activeflow: warning: {len(conflicts)} {what} with what was imported before and "
+        f"{were} not written: {shown}{more}",
+        file=sys.stderr,
+    )
+    return 1
 
 
 def _core_errors() -> tuple[type[Exception], ...]:
