@@ -190,7 +190,12 @@ def _validation_size(counts: Sequence[int], settings: ModelSettings) -> int:
     # Only when every class can spare labels: a split of 2 images per class is noise.
     if settings.validation_fraction == 0 or min(counts) < settings.validation_min_per_class:
         return 0
-    return sum(max(1, round(c * settings.validation_fraction)) for c in counts)
+    return sum(_held_out(c, settings.validation_fraction) for c in counts)
+
+
+def _held_out(count: int, fraction: float) -> int:
+    """Validation labels taken from a class of ``count`` labels (the plan and the split agree)."""
+    return max(1, round(count * fraction))
 
 
 class PhaseReport(BaseModel):
@@ -225,7 +230,8 @@ def train(model: keras.Model, x: np.ndarray, y: np.ndarray, settings: ModelSetti
     num_classes = model.output_shape[-1]
     rng = np.random.default_rng(settings.seed)
     plan = plan_training(np.bincount(y, minlength=num_classes).tolist(), settings)
-    train_idx, val_idx = _split(y, plan.validation_size, rng)
+    fraction = settings.validation_fraction if plan.validation_size else 0.0
+    train_idx, val_idx = _split(y, fraction, rng)
     weights = class_weights(y[train_idx], num_classes)
     sample_weight = (weights[y] if weights is not None else np.ones(len(y))).astype(np.float32)
     tracker = _BestWeights(model, x[val_idx], y[val_idx]) if len(val_idx) else None
@@ -289,13 +295,12 @@ def class_weights(y: np.ndarray, num_classes: int, *, imbalance: float = 1.5) ->
     return weights
 
 
-def _split(y: np.ndarray, validation_size: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-    """(train, validation) indices; the validation share is drawn per class."""
-    if validation_size == 0:
+def _split(y: np.ndarray, fraction: float, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """(train, validation) indices; ``fraction`` of each class is held out (0: none)."""
+    if fraction == 0:
         return np.arange(len(y)), np.zeros(0, dtype=np.int64)
-    fraction = validation_size / len(y)
     held = [
-        rng.choice(members, max(1, round(len(members) * fraction)), replace=False)
+        rng.choice(members, _held_out(len(members), fraction), replace=False)
         for members in (np.flatnonzero(y == c) for c in np.unique(y))
     ]
     val = np.sort(np.concatenate(held))
