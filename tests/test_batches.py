@@ -46,7 +46,7 @@ def test_cold_start_is_a_seeded_random_batch_within_the_per_run_budget(store):
     assert manifest.strategy == "random-cold-start" and manifest.model_version is None
     # The same seed on an identical store picks the same samples.
     twin = LocalStore(store.root.parent / "twin")
-    for key in store.list("ingests/"):
+    for key in store.list("catalog/samples/"):
         twin.put(key, store.get(key))
     twin_result = export_batch(twin, settings_for(twin))
     assert load_state(twin).batches[twin_result.batch_id].sample_ids == manifest.sample_ids
@@ -59,7 +59,7 @@ def test_exported_samples_are_queued_and_never_selected_again(store):
     state = load_state(store)
     chosen = [sid for b in batches for sid in state.batches[b.batch_id].sample_ids]
     assert len(chosen) == len(set(chosen)) == 10
-    assert state.unlabelled == [] and len(state.queued) == 10
+    assert state.unlabelled.to_pylist() == [] and len(state.queued) == 10
     empty = export_batch(store, settings)
     assert (empty.batch_id, empty.size, empty.reason) == (None, 0, "no unlabelled samples left in the pool")
 
@@ -82,7 +82,7 @@ def _champion_with_scores(store, probs_by_rank):
         promotion_key(1),
         Promotion(sequence=1, version=version, accuracy=0.5, previous=None, promoted_at="now").model_dump(),
     )
-    ids = state.unlabelled
+    ids = state.unlabelled.to_pylist()
     table = scoring.scores_table(ids, np.array(probs_by_rank(len(ids))), CLASSES)
     import pyarrow.parquet as pq
 
@@ -184,7 +184,7 @@ def test_stale_batches_are_released_back_to_the_pool(store):
 
     assert release.returned == batch[1:]
     state = load_state(store)
-    assert state.queued == set() and set(batch[1:]) <= set(state.unlabelled)
+    assert state.queued == set() and set(batch[1:]) <= set(state.unlabelled.to_pylist())
     assert state.budget_spent == 1  # only the labelled one was spent
     assert release_stale_batches(store, state, settings, now=later) == []  # written once
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import os
 import struct
 import zlib
 
@@ -36,8 +37,8 @@ def test_new_images_are_stored_under_their_content_hash(store, tmp_path):
     assert (report.new, report.duplicate, report.quarantined) == (2, 0, 0)
     sample_id = content_id(image.read_bytes())
     assert store.get(f"samples/{sample_id[:2]}/{sample_id}.png") == image.read_bytes()
-    assert sorted(r.ext for r in load_state(store).samples.values()) == ["jpg", "png"]
-    assert len(load_state(store).unlabelled) == 2
+    assert sorted(load_state(store).samples.table.column("ext").to_pylist()) == ["jpg", "png"]
+    assert load_state(store).unlabelled_count == len(load_state(store).unlabelled) == 2
 
 
 def test_rerun_and_duplicate_bytes_add_nothing(store, tmp_path):
@@ -49,8 +50,27 @@ def test_rerun_and_duplicate_bytes_add_nothing(store, tmp_path):
 
     again = ingest(store, tmp_path / "in")
 
-    assert (again.new, again.duplicate, again.quarantined) == (0, 2, 0)
-    assert store.list() == keys_before  # not even an empty ingest record
+    assert (again.new, again.duplicate, again.quarantined, again.unchanged) == (0, 0, 0, 2)
+    assert store.list() == keys_before  # not even an empty commit
+
+
+def test_a_rerun_reads_only_source_files_it_has_not_ingested(store, tmp_path):
+    for n in range(3):
+        write_image(tmp_path / "in" / f"{n}.png", n)
+    ingest(store, tmp_path / "in")
+    # Same size and modification time: the rerun must not even read it (or it would be
+    # quarantined as undecodable). A changed file, and a new one, are read.
+    stale = tmp_path / "in" / "0.png"
+    stat = stale.stat()
+    stale.write_bytes(b"x" * stat.st_size)
+    os.utime(stale, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    write_image(tmp_path / "in" / "1.png", 11)
+    write_image(tmp_path / "in" / "3.png", 3)
+
+    again = ingest(store, tmp_path / "in")
+
+    assert (again.unchanged, again.new, again.duplicate, again.quarantined) == (2, 2, 0, 0)
+    assert load_state(store).unlabelled_count == 5
 
 
 def test_unreadable_inputs_go_to_quarantine_with_the_reason(store, tmp_path):
@@ -82,7 +102,7 @@ def test_labelled_folder_keeps_labels_for_train_and_test(store, tmp_path):
     state = load_state(store)
     assert sorted(state.labelled.values()) == ["cat", "cat", "dog", "dog", "dog"]
     assert sorted(state.test.values()) == ["cat", "dog"]
-    assert state.unlabelled == []
+    assert state.unlabelled.to_pylist() == []
 
 
 def test_label_outside_the_configured_classes_is_quarantined(store, tmp_path):
@@ -118,7 +138,7 @@ def test_ingest_from_an_s3_prefix_into_an_s3_store(s3_storage):
 
     assert report.new == 3
     assert sorted(load_state(store).labelled.values()) == ["cat"] * 3
-    assert all(k.startswith(("samples/", "ingests/")) for k in store.list())
+    assert all(k.startswith(("samples/", "catalog/")) for k in store.list())
 
 
 def test_tfds_image_folder_source(store, tmp_path):

@@ -11,6 +11,7 @@ import pyarrow as pa
 import pytest
 
 from activeflow import label_drops, monitoring
+from activeflow.catalog import Catalog
 from activeflow.label_import import ImportReport
 from activeflow.labelling import LabelFileError
 from activeflow.parameters import ExportOptions, RetrainOptions
@@ -20,6 +21,8 @@ from activeflow.pool import (
     IngestRecord,
     PoolState,
     Promotion,
+    load_state,
+    manifest_rows,
     metrics_key,
     promotion_key,
 )
@@ -28,7 +31,7 @@ from activeflow.store import LocalStore, put_json
 
 
 def test_new_core_modules_import_without_prefect():
-    modules = ["locks", "label_drops", "monitoring", "parameters"]
+    modules = ["catalog", "migrate", "label_drops", "monitoring", "parameters"]
     code = "import sys\n" + "".join(f"import activeflow.{m}\n" for m in modules) + (
         "assert 'prefect' not in sys.modules\nassert 'tensorflow' not in sys.modules\n"
     )
@@ -42,7 +45,8 @@ def _sample(sid: str, split: str = "pool") -> IngestRecord:
     return IngestRecord(id=sid, ext="png", source=f"/in/{sid}.png", size=10, ingested_at="t", split=split)
 
 
-def _state_after_batch() -> tuple[BatchManifest, PoolState]:
+def _state_after_batch(root) -> tuple[BatchManifest, PoolState]:
+    """A catalog with 6 pool samples and two batches (6 + 4 items), read back."""
     items = [
         BatchItemRecord(sample_id="s1", score=0.9, predicted="cat", confidence=0.55),
         BatchItemRecord(sample_id="s2", score=0.7, predicted="dog", confidence=0.6),
@@ -52,18 +56,17 @@ def _state_after_batch() -> tuple[BatchManifest, PoolState]:
     manifest = BatchManifest(
         batch_id="b2", created_at="2025-01-02T00:00:00+00:00", strategy="margin", model_version="m1",
         budget_per_run=5, budget_total=20, items=items,
-        files={"csv": "/store/batches/b2/tasks.csv", "label_studio": "/store/batches/b2/tasks.json"},
     )
     earlier = manifest.model_copy(update={"batch_id": "b1", "items": [BatchItemRecord(sample_id="s9", score=0)] * 6})
-    state = PoolState(
-        samples={sid: _sample(sid) for sid in ["s1", "s2", "s3", "s4", "s5", "s9"]},
-        batches={"b1": earlier, "b2": manifest},
-    )
-    return manifest, state
+    catalog = Catalog(LocalStore(root))
+    samples = [_sample(sid).model_dump() for sid in ["s1", "s2", "s3", "s4", "s5", "s9"]]
+    catalog.insert_new("samples", pa.Table.from_pylist(samples), key="id")
+    catalog.append("batch_items", pa.concat_tables([manifest_rows(earlier), manifest_rows(manifest)]))
+    return manifest, load_state(catalog.store)
 
 
-def test_batch_summary_states_strategy_budget_model_scores_and_class_mix():
-    manifest, state = _state_after_batch()
+def test_batch_summary_states_strategy_budget_model_scores_and_class_mix(tmp_path):
+    manifest, state = _state_after_batch(tmp_path)
     pool_scores = pa.table(
         {"id": ["s1", "s2", "s3", "s4", "s5"], "predicted": ["cat", "dog", "cat", "cat", "dog"],
          "margin": [0.9, 0.7, 0.5, 0.1, 0.3]}
@@ -82,11 +85,12 @@ def test_batch_summary_states_strategy_budget_model_scores_and_class_mix():
     assert "| cat | 3 | 75% | 3 | 60% |" in text
     assert "| dog | 1 | 25% | 2 | 40% |" in text
     assert "incoming-labels/b2.json" in text
+    assert f"- csv: `{tmp_path / 'batches/b2/tasks.csv'}`" in text
     assert "--param batch_id=b2" in text
 
 
-def test_cold_start_summary_says_there_is_no_model_yet():
-    manifest, state = _state_after_batch()
+def test_cold_start_summary_says_there_is_no_model_yet(tmp_path):
+    manifest, state = _state_after_batch(tmp_path)
     cold = manifest.model_copy(
         update={"model_version": None, "strategy": "random-cold-start", "budget_total": None,
                 "items": [BatchItemRecord(sample_id="s1", score=0.0)]}
@@ -99,7 +103,7 @@ def test_cold_start_summary_says_there_is_no_model_yet():
 
 def test_batch_rows_link_each_image(tmp_path):
     store = LocalStore(tmp_path)
-    manifest, state = _state_after_batch()
+    manifest, state = _state_after_batch(tmp_path)
     rows = monitoring.batch_rows(store, manifest, state)
     assert [r["rank"] for r in rows] == [1, 2, 3, 4]
     assert rows[0] == {
@@ -108,8 +112,8 @@ def test_batch_rows_link_each_image(tmp_path):
     }
 
 
-def test_an_empty_run_says_why():
-    _, state = _state_after_batch()
+def test_an_empty_run_says_why(tmp_path):
+    _, state = _state_after_batch(tmp_path)
     text = monitoring.empty_batch_summary("total budget of 10 labels is spent", state, 10)
     assert "Reason: **total budget of 10 labels is spent**" in text
     assert "remaining: 0" in text

@@ -87,7 +87,7 @@ def test_every_strategy_is_selectable_by_name_from_a_real_scoring_run(trained_st
     manifest = state.batches[result.batch_id]
     assert result.size == 12 and manifest.strategy == name
     ids = manifest.sample_ids
-    assert len(set(ids)) == 12 and set(ids) <= set(before.unlabelled)
+    assert len(set(ids)) == 12 and set(ids) <= set(before.unlabelled.to_pylist())
     _, n_random = strategies.split_budget(12, settings.strategy.random_fraction)
     flags = [item.random_slice for item in manifest.items]
     assert sum(flags) == n_random == 1
@@ -167,7 +167,7 @@ def _champion_with_scores(store, probs):
         store, promotion_key(1),
         Promotion(sequence=1, version=version, accuracy=0.5, previous=None, promoted_at="now").model_dump(),
     )
-    ids = load_state(store).unlabelled
+    ids = load_state(store).unlabelled.to_pylist()
     table = scoring.scores_table(ids, probs, CLASSES)
     buffer = io.BytesIO()
     pq.write_table(table, buffer)

@@ -16,25 +16,26 @@ import pyarrow.compute as pc
 from pydantic import BaseModel
 
 from activeflow import labelling, selection, strategies
+from activeflow.catalog import retry_on_conflict
 from activeflow.pool import (
+    BATCH_FILES,
     BatchItemRecord,
     BatchManifest,
     BatchRelease,
     PoolState,
+    batch_file_key,
     load_state,
-    manifest_key,
+    manifest_rows,
     new_id,
-    release_key,
-    sample_key,
     utc_now,
 )
 from activeflow.scoring import ScoringError, latest_scores
 from activeflow.settings import Settings, SettingsError, required_classes
-from activeflow.store import LocalStore, ObjectStore, put_json_if_absent
+from activeflow.store import LocalStore, ObjectStore
 
-LABEL_STUDIO_FILE = "tasks.json"
-CSV_FILE = "tasks.csv"
-CONFIG_FILE = "label_config.xml"
+LABEL_STUDIO_FILE = BATCH_FILES["label_studio"]
+CSV_FILE = BATCH_FILES["csv"]
+CONFIG_FILE = BATCH_FILES["label_config"]
 
 
 class ExportResult(BaseModel):
@@ -48,7 +49,7 @@ class ExportResult(BaseModel):
 def batch_size(state: PoolState, settings: Settings) -> int:
     """Never above the per-run budget, what remains of the total, or the pool."""
     remaining = state.budget_remaining(settings.budget.total)
-    limits = [settings.budget.per_run, len(state.unlabelled)]
+    limits = [settings.budget.per_run, state.unlabelled_count]
     if remaining is not None:
         limits.append(remaining)
     return max(min(limits), 0)
@@ -67,32 +68,60 @@ def select_batch(store: ObjectStore, state: PoolState, settings: Settings) -> li
     rng = np.random.default_rng([settings.strategy.seed, len(state.batches)])
     if state.champion is None:
         chosen = strategies.select_top(rng.random(len(candidates)), k)
-        return [BatchItemRecord(sample_id=candidates[i], score=0.0) for i in chosen]
+        return [BatchItemRecord(sample_id=sid, score=0.0) for sid in candidates.take(chosen).to_pylist()]
 
     table = _scores_of(store, state.champion.version, candidates)
     # The strategy's picks plus a random slice of strategy.random_fraction (see selection.py).
     return selection.select_from_scores(store, state, settings, table, k, rng)
 
 
-def _scores_of(store: ObjectStore, version: str, candidates: list[str]) -> pa.Table:
+def _scores_of(store: ObjectStore, version: str, candidates: pa.Array) -> pa.Table:
     table = latest_scores(store, version)
     if table is None:
         raise ScoringError(
             f"no complete scoring run for champion {version}: run `activeflow score` first"
         )
-    keep = pa.array(sorted(set(candidates)), pa.string())
     # Scores for samples queued or labelled since the scoring run are stale: drop them.
-    table = table.filter(pc.is_in(table.column("id"), value_set=keep))
+    table = table.filter(pc.is_in(table.column("id"), value_set=candidates))
     return table.sort_by("id")
 
 
 def write_batch(
-    store: ObjectStore, state: PoolState, settings: Settings, items: list[BatchItemRecord]
+    store: ObjectStore,
+    state: PoolState,
+    settings: Settings,
+    items: list[BatchItemRecord],
+    request_id: str | None = None,
 ) -> BatchManifest:
-    """Write the labellers' files, then the manifest that makes the batch exist."""
-    batch_id = new_id("b")
+    """Write the labellers' files, then commit the batch: one serial catalog commit that
+    is its selection and its budget spend. Files of a batch whose commit lost a race are
+    unreachable (no catalog row names them) and are removed."""
     model_version = state.champion.version if state.champion else None
-    keys = [sample_key(item.sample_id, state.samples[item.sample_id].ext) for item in items]
+    manifest = BatchManifest(
+        batch_id=new_id("b"),
+        created_at=utc_now(),
+        strategy=settings.strategy.name if state.champion else "random-cold-start",
+        model_version=model_version,
+        budget_per_run=settings.budget.per_run,
+        budget_total=settings.budget.total,
+        items=items,
+        request_id=request_id,
+    )
+    files = _labellers_files(store, settings, manifest, state.samples.keys(manifest.sample_ids))
+    for name, content in files.items():  # all made before any is written
+        store.put(batch_file_key(manifest.batch_id, name), content)
+    try:
+        state.catalog.append("batch_items", manifest_rows(manifest), after=state.sequences["batch_items"])
+    except BaseException:
+        for name in files:
+            store.delete(batch_file_key(manifest.batch_id, name))
+        raise
+    return manifest
+
+
+def _labellers_files(
+    store: ObjectStore, settings: Settings, manifest: BatchManifest, keys: list[str]
+) -> dict[str, bytes]:
     expiry = settings.labelling.url_expiry_hours * 3600
 
     def export_items(link: Callable[[str], str]) -> list[labelling.BatchItem]:
@@ -104,39 +133,20 @@ def write_batch(
                 score=item.score,
                 confidence=item.confidence,
             )
-            for item, key in zip(items, keys, strict=True)
+            for item, key in zip(manifest.items, keys, strict=True)
         ]
 
-    files = {
+    return {
         LABEL_STUDIO_FILE: labelling.label_studio_tasks(
             export_items(lambda key: label_studio_image_url(store, key, settings)),
-            batch_id=batch_id,
-            model_version=model_version,
+            batch_id=manifest.batch_id,
+            model_version=manifest.model_version,
         ),
         CSV_FILE: labelling.batch_csv(
             export_items(lambda key: store.presigned_url(key, expires_s=expiry))
         ),
         CONFIG_FILE: labelling.label_studio_config(required_classes(settings)).encode(),
     }
-    prefix = f"batches/{batch_id}/"
-    for name, content in files.items():  # all made before any is written
-        store.put(prefix + name, content)
-    manifest = BatchManifest(
-        batch_id=batch_id,
-        created_at=utc_now(),
-        strategy=settings.strategy.name if state.champion else "random-cold-start",
-        model_version=model_version,
-        budget_per_run=settings.budget.per_run,
-        budget_total=settings.budget.total,
-        items=items,
-        files={
-            "label_studio": store.url(prefix + LABEL_STUDIO_FILE),
-            "csv": store.url(prefix + CSV_FILE),
-            "label_config": store.url(prefix + CONFIG_FILE),
-        },
-    )
-    put_json_if_absent(store, manifest_key(batch_id), manifest.model_dump())
-    return manifest
 
 
 def label_studio_image_url(store: ObjectStore, key: str, settings: Settings) -> str:
@@ -157,7 +167,7 @@ def release_stale_batches(
     store: ObjectStore, state: PoolState, settings: Settings, now: datetime | None = None
 ) -> list[BatchRelease]:
     """Send the unlabelled samples of batches open longer than
-    ``labelling.release_after_hours`` back to the pool (one write-once record each)."""
+    ``labelling.release_after_hours`` back to the pool, in one serial catalog commit."""
     hours = settings.labelling.release_after_hours
     if hours is None:
         return []
@@ -167,21 +177,24 @@ def release_stale_batches(
         age = now - datetime.fromisoformat(state.batches[batch_id].created_at)
         if age < timedelta(hours=hours):
             continue
-        release = BatchRelease(
-            batch_id=batch_id,
-            released_at=now.isoformat(),
-            reason=f"open {age.total_seconds() / 3600:.1f} h, longer than {hours:g} h",
-            returned=state.waiting(batch_id),
+        releases.append(
+            BatchRelease(
+                batch_id=batch_id,
+                released_at=now.isoformat(),
+                reason=f"open {age.total_seconds() / 3600:.1f} h, longer than {hours:g} h",
+                returned=state.waiting(batch_id),
+            )
         )
-        if put_json_if_absent(store, release_key(batch_id), release.model_dump()):
-            releases.append(release)
+    if releases:
+        rows = pa.Table.from_pylist([release.model_dump() for release in releases])
+        state.catalog.append("releases", rows, after=state.sequences["releases"])
     return releases
 
 
-def export_result(manifest: BatchManifest | None, reason: str) -> ExportResult:
+def export_result(store: ObjectStore, manifest: BatchManifest | None, reason: str) -> ExportResult:
     if manifest is None:
         return ExportResult(batch_id=None, size=0, files={}, reason=reason)
-    files = {k: v for k, v in manifest.files.items() if k in ("label_studio", "csv")}
+    files = {k: v for k, v in manifest.files(store).items() if k in ("label_studio", "csv")}
     return ExportResult(batch_id=manifest.batch_id, size=len(manifest.items), files=files, reason=reason)
 
 
@@ -191,14 +204,33 @@ def empty_batch_reason(state: PoolState, settings: Settings) -> str:
     return "no unlabelled samples left in the pool"
 
 
-def export_batch(store: ObjectStore, settings: Settings) -> ExportResult:
-    """Select the next batch within budget and write it; an empty selection writes nothing."""
+def export_batch(store: ObjectStore, settings: Settings, request_id: str | None = None) -> ExportResult:
+    """Select the next batch within budget and commit it; an empty selection writes nothing.
+
+    Concurrent exports are serialised by the catalog: one that lost the race reselects on
+    the new state, so batches never overlap and never overspend. ``request_id`` makes a
+    retry idempotent: an export of the same request returns the batch it already made."""
     required_classes(settings)  # labellers need the class list: refuse before any work
-    state = load_state(store)
-    if release_stale_batches(store, state, settings):  # their samples are back in the pool
+
+    def attempt() -> ExportResult:
         state = load_state(store)
-    items = select_batch(store, state, settings)
-    if not items:
-        return export_result(None, empty_batch_reason(state, settings))
-    manifest = write_batch(store, state, settings, items)
-    return export_result(manifest, f"{manifest.strategy}: {len(items)} of budget {settings.budget.per_run}")
+        done = _batch_of_request(state, request_id)
+        if done is not None:
+            return export_result(store, done, f"{done.strategy}: already exported by this request")
+        if release_stale_batches(store, state, settings):  # their samples are back in the pool
+            state = load_state(store)
+        items = select_batch(store, state, settings)
+        if not items:
+            return export_result(store, None, empty_batch_reason(state, settings))
+        manifest = write_batch(store, state, settings, items, request_id)
+        return export_result(
+            store, manifest, f"{manifest.strategy}: {len(items)} of budget {settings.budget.per_run}"
+        )
+
+    return retry_on_conflict(attempt)
+
+
+def _batch_of_request(state: PoolState, request_id: str | None) -> BatchManifest | None:
+    if request_id is None:
+        return None
+    return next((m for m in state.batches.values() if m.request_id == request_id), None)

@@ -57,6 +57,7 @@ def _parser() -> argparse.ArgumentParser:
 
     _json_flag(command("retrain", help="retrain; promote if not worse"))
     _json_flag(command("status", help="what the store holds"))
+    _json_flag(command("migrate", help="build the catalog of a store written before it (once)"))
 
     cycle = command("cycle", help="score -> export-batch (simulate: + oracle, retrain)")
     cycle.add_argument("--simulate", action="store_true", help="answer batches from --oracle")
@@ -166,7 +167,7 @@ def _core_errors() -> tuple[type[Exception], ...]:
     from activeflow.label_efficiency import BenchmarkError
     from activeflow.label_studio import LabelStudioError
     from activeflow.labelling import LabelFileError
-    from activeflow.locks import LockLost, LockTimeout
+    from activeflow.catalog import CatalogConflict
     from activeflow.scoring import ScoringError
     from activeflow.sources import SourceError
     from activeflow.store import ObjectNotFound, StoreError
@@ -175,7 +176,7 @@ def _core_errors() -> tuple[type[Exception], ...]:
     return (
         LabelFileError, LabelStudioError, ScoringError, SourceError, StoreError, ObjectNotFound,
         TrainingError, BenchmarkError,
-        FileExistsError, LockTimeout, LockLost,
+        FileExistsError, CatalogConflict,
     )
 
 
@@ -189,6 +190,11 @@ def _run(args: argparse.Namespace, settings: Settings) -> Any:
         if isinstance(store, LocalStore) and not store.root.is_dir():
             raise StoreError(f"no store at {store.root}: nothing was ingested there (check --store or storage.uri)")
         return load_state(store).summary(settings.budget.total)
+    if command == "migrate":  # reads and writes the store only: no Prefect run needed
+        from activeflow.migrate import migrate
+        from activeflow.store import open_store
+
+        return migrate(open_store(settings.storage))
     if command == "ingest":
         from activeflow.flows.ingest import ingest_flow
 

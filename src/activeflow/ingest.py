@@ -2,8 +2,9 @@
 
 A sample's id is the sha256 of its bytes, so the same image twice is a no-op.
 Unreadable inputs go to ``quarantine/`` with the reason; nothing is dropped silently.
-The ingest record is written last, so a crash leaves at most unreferenced bytes that
-a rerun reuses.
+Images are written first and catalogued after, a chunk at a time (one commit per
+chunk), so a crash loses at most one chunk's catalog rows; the rerun finds their bytes
+already stored and catalogues them.
 """
 
 from __future__ import annotations
@@ -12,6 +13,10 @@ import hashlib
 import io
 import struct
 from collections.abc import Iterable, Sequence
+from itertools import islice
+
+import pyarrow as pa
+import pyarrow.compute as pc
 
 from PIL import Image, UnidentifiedImageError
 from pydantic import BaseModel
@@ -20,16 +25,16 @@ from activeflow.pool import (
     IngestRecord,
     QuarantineRecord,
     Split,
-    ingest_key,
-    load_state,
     new_id,
+    open_catalog,
     quarantine_key,
     sample_key,
     utc_now,
 )
 from activeflow.settings import DEFAULT_MAX_PIXELS
 from activeflow.sources import SourceImage
-from activeflow.store import ObjectStore, put_json_if_absent, put_jsonl
+from activeflow.catalog import Catalog
+from activeflow.store import ObjectStore, put_json_if_absent
 
 _EXTENSIONS = {"PNG": "png", "JPEG": "jpg", "GIF": "gif", "BMP": "bmp", "WEBP": "webp", "TIFF": "tif"}
 
@@ -39,6 +44,7 @@ class IngestReport(BaseModel):
     split: Split
     new: int = 0
     duplicate: int = 0
+    unchanged: int = 0  # source objects read by an earlier ingest, unchanged since: not read
     quarantined: int = 0
     quarantine_reasons: list[str] = []
 
@@ -96,38 +102,115 @@ def ingest_images(
     above ``max_pixels`` are quarantined with the reason.
     """
     report = IngestReport(ingest_id=new_id(), split=split)
-    known = set(load_state(store).samples)
-    records: list[IngestRecord] = []
-    for image in images:
-        sample_id = content_id(image.data)
-        if sample_id in known:
-            report.duplicate += 1
-            continue
-        try:
-            ext = image_extension(image.data, max_pixels)
-            label = _checked_label(image, split, classes)
-        except ValueError as problem:
-            _quarantine(store, image, sample_id, str(problem))
-            report.quarantined += 1
-            report.quarantine_reasons.append(f"{image.name}: {problem}")
-            continue
-        store.put_if_absent(sample_key(sample_id, ext), image.data)
-        records.append(
-            IngestRecord(
-                id=sample_id,
-                ext=ext,
-                source=image.name,
-                size=len(image.data),
-                ingested_at=utc_now(),
-                split=split,
-                label=label,
-            )
-        )
-        known.add(sample_id)
-    if records:
-        put_jsonl(store, ingest_key(report.ingest_id), [r.model_dump() for r in records])
-    report.new = len(records)
+    catalog = open_catalog(store)
+    catalogued = catalog.read("samples", ["id"])[0].column("id")  # one column, read once
+    read_before = _source_keys(catalog.read("sources", ["name", "version"])[0])
+    seen: set[str] = set()  # ids this run has already met
+    for listed in _chunks(images, LISTING_CHUNK):
+        fresh = _not_read_before(listed, read_before)
+        report.unchanged += len(listed) - len(fresh)
+        for chunk in _read_chunks(fresh):
+            known = _among(catalogued, [sample_id for _, _, sample_id in chunk]) | seen
+            records, read = [], []
+            for image, data, sample_id in chunk:
+                if image.version is not None:
+                    read.append({"name": image.name, "version": image.version,
+                                 "sample_id": sample_id, "read_at": utc_now()})
+                if sample_id in known:
+                    report.duplicate += 1
+                    continue
+                known.add(sample_id)
+                seen.add(sample_id)
+                record = _ingest_new(store, image, data, sample_id, split, classes, max_pixels, report)
+                if record is not None:
+                    records.append(record)
+            _commit_chunk(catalog, records, read, report)
     return report
+
+
+INGEST_CHUNK = 1000  # images per catalog commit: what a crash can cost at most
+INGEST_CHUNK_BYTES = 256 * 2**20  # ... and the most image bytes a chunk holds in memory
+LISTING_CHUNK = 20_000  # source entries checked against what was read before, at a time
+
+
+def _read_chunks(images: list[SourceImage]) -> Iterable[list[tuple[SourceImage, bytes, str]]]:
+    """Each image read once, with its content id, in chunks bounded in count and bytes."""
+    chunk: list[tuple[SourceImage, bytes, str]] = []
+    size = 0
+    for image in images:
+        data = image.data
+        chunk.append((image, data, content_id(data)))
+        size += len(data)
+        if len(chunk) == INGEST_CHUNK or size >= INGEST_CHUNK_BYTES:
+            yield chunk
+            chunk, size = [], 0
+    if chunk:
+        yield chunk
+
+
+def _ingest_new(  # noqa: PLR0913 (one image and how to check it)
+    store: ObjectStore,
+    image: SourceImage,
+    data: bytes,
+    sample_id: str,
+    split: Split,
+    classes: Sequence[str],
+    max_pixels: int,
+    report: IngestReport,
+) -> IngestRecord | None:
+    """Store a new image's bytes and return its record, or quarantine it (None)."""
+    try:
+        ext = image_extension(data, max_pixels)
+        label = _checked_label(image, split, classes)
+    except ValueError as problem:
+        _quarantine(store, image.name, data, sample_id, str(problem))
+        report.quarantined += 1
+        report.quarantine_reasons.append(f"{image.name}: {problem}")
+        return None
+    store.put_if_absent(sample_key(sample_id, ext), data)
+    return IngestRecord(
+        id=sample_id, ext=ext, source=image.name, size=len(data), ingested_at=utc_now(),
+        split=split, label=label,
+    )
+
+
+def _commit_chunk(
+    catalog: Catalog, records: list[IngestRecord], read: list[dict[str, str]], report: IngestReport
+) -> None:
+    """Samples first, then the source objects read: a crash between the two makes the rerun
+    read those objects again and find their samples already catalogued."""
+    if records:
+        rows = pa.Table.from_pylist([r.model_dump() for r in records])
+        inserted = catalog.insert_new("samples", rows, key="id")
+        report.new += inserted
+        report.duplicate += len(records) - inserted  # a concurrent ingest catalogued them first
+    if read:
+        catalog.append("sources", pa.Table.from_pylist(read))
+
+
+def _chunks(items: Iterable[SourceImage], size: int) -> Iterable[list[SourceImage]]:
+    iterator = iter(items)
+    while chunk := list(islice(iterator, size)):
+        yield chunk
+
+
+def _among(catalogued: pa.ChunkedArray, ids: list[str]) -> set[str]:
+    """Which of ``ids`` are in ``catalogued``: the few ids are the hashed side."""
+    wanted = pa.array(ids, pa.string())
+    return set(catalogued.filter(pc.is_in(catalogued, value_set=wanted)).to_pylist())
+
+
+def _source_keys(rows: pa.Table) -> pa.ChunkedArray:
+    return pc.binary_join_element_wise(rows.column("name"), rows.column("version"), "\n")
+
+
+def _not_read_before(listed: list[SourceImage], read_before: pa.ChunkedArray) -> list[SourceImage]:
+    """The listed images not read before at the same version (unversioned ones always are)."""
+    keys = [f"{image.name}\n{image.version}" for image in listed if image.version is not None]
+    if not keys:
+        return listed
+    done = set(read_before.filter(pc.is_in(read_before, value_set=pa.array(keys))).to_pylist())
+    return [i for i in listed if i.version is None or f"{i.name}\n{i.version}" not in done]
 
 
 def _checked_label(image: SourceImage, split: Split, classes: Sequence[str]) -> str | None:
@@ -140,9 +223,7 @@ def _checked_label(image: SourceImage, split: Split, classes: Sequence[str]) -> 
     return image.label
 
 
-def _quarantine(store: ObjectStore, image: SourceImage, sample_id: str, reason: str) -> None:
-    store.put_if_absent(f"quarantine/{sample_id}.bin", image.data)
-    record = QuarantineRecord(
-        content_id=sample_id, source=image.name, reason=reason, quarantined_at=utc_now()
-    )
+def _quarantine(store: ObjectStore, name: str, data: bytes, sample_id: str, reason: str) -> None:
+    store.put_if_absent(f"quarantine/{sample_id}.bin", data)
+    record = QuarantineRecord(content_id=sample_id, source=name, reason=reason, quarantined_at=utc_now())
     put_json_if_absent(store, quarantine_key(sample_id), record.model_dump())

@@ -1,24 +1,26 @@
 """Importing a batch's completed labels: exactly once, nothing lost, nothing overwritten.
 
 The whole file is validated before anything is written; a refused file writes nothing.
-Only labels that are new are written, as one object named by the hash of what it adds
-(``labels/<batch-id>/<import-id>.jsonl``, a conditional create): importing the same export
-again, or a later export that is a superset of an earlier one, adds only what is new. A
-label that differs from one already imported is reported as a conflict, never written.
+Only labels that are new are written, in one serial commit to the catalog's ``labels``
+table: importing the same export again, or a later export that is a superset of an
+earlier one, adds only what is new. A label that differs from one already imported is
+reported as a conflict, never written; of two concurrent imports that disagree, one
+commits first and the other, rerun on the new state, reports the conflict.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
+from collections.abc import Collection, Iterator
 from pathlib import PurePosixPath
 
+import pyarrow as pa
 from pydantic import BaseModel
 
+from activeflow.catalog import retry_on_conflict
 from activeflow.labelling import Disagreement, LabelFileError, LabelRecord, parse_label_file
-from activeflow.pool import ImportedLabel, PoolState, labels_key, utc_now
+from activeflow.pool import ImportedLabel, PoolState, SampleTable, load_state, utc_now
 from activeflow.settings import Settings
-from activeflow.store import ObjectStore, put_jsonl_if_absent
+from activeflow.store import ObjectStore
 
 
 class LabelConflict(BaseModel):
@@ -51,13 +53,41 @@ def import_labels(
     """Validate ``content`` (Label Studio JSON / JSON-MIN / CSV export, or CSV id,label) for
     the batch and record its new labels. Raises ``LabelFileError`` naming file, record and
     problem; nothing is written then."""
+    first = [state]
+
+    def attempt() -> ImportReport:
+        current = first.pop() if first else load_state(store)
+        return _import_once(current, settings, batch_id, file_name, content)
+
+    return retry_on_conflict(attempt)
+
+
+class _KnownIds(Collection[str]):
+    """Ids in the catalog, checked only for ids outside the batch (a refusal either way)."""
+
+    def __init__(self, batch_ids: set[str], samples: SampleTable) -> None:
+        self.batch_ids, self.samples = batch_ids, samples
+
+    def __contains__(self, sample_id: object) -> bool:
+        return sample_id in self.batch_ids or sample_id in self.samples
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.samples.table.column("id").to_pylist())
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+
+def _import_once(
+    state: PoolState, settings: Settings, batch_id: str, file_name: str, content: bytes
+) -> ImportReport:
     if batch_id not in state.batches:
         raise LabelFileError(file_name, None, f"batch {batch_id!r} does not exist in the store")
     parsed = parse_label_file(
         file_name,
         content,
         batch_ids=set(state.batches[batch_id].sample_ids),
-        known_ids=set(state.samples),
+        known_ids=_KnownIds(set(state.batches[batch_id].sample_ids), state.samples),
         classes=settings.data.classes,
         batch_id=batch_id,
         min_agreement=settings.labelling.min_agreement,
@@ -72,7 +102,7 @@ def import_labels(
     )
     new = _sort_records(state, batch_id, parsed.records, report)
     if new:
-        _write_once(store, batch_id, file_name, new)
+        _commit(state, batch_id, file_name, new)
     report.imported = len(new)
     labelled_now = set(state.labelled) | {record.sample_id for record in new}
     report.still_queued = sum(1 for sid in state.waiting(batch_id) if sid not in labelled_now)
@@ -103,9 +133,7 @@ def _sort_records(
     return new
 
 
-def _write_once(store: ObjectStore, batch_id: str, file_name: str, new: list[LabelRecord]) -> None:
-    canonical = json.dumps([[r.sample_id, r.label] for r in new], separators=(",", ":"))
-    import_id = hashlib.sha256(canonical.encode()).hexdigest()[:16]
+def _commit(state: PoolState, batch_id: str, file_name: str, new: list[LabelRecord]) -> None:
     now = utc_now()
     rows = [
         ImportedLabel(
@@ -117,5 +145,4 @@ def _write_once(store: ObjectStore, batch_id: str, file_name: str, new: list[Lab
         ).model_dump()
         for r in new
     ]
-    # False means a concurrent import of the same labels won: the outcome is the same.
-    put_jsonl_if_absent(store, labels_key(batch_id, import_id), rows)
+    state.catalog.append("labels", pa.Table.from_pylist(rows), after=state.sequences["labels"])

@@ -60,7 +60,7 @@ def batch_summary(
         f"| model | {_model(manifest.model_version)} |",
         f"| labels asked | **{size}** of the per-run budget {manifest.budget_per_run} |",
         f"| total budget | {total} |",
-        f"| pool | {len(state.unlabelled)} unlabelled, {len(state.queued)} queued in "
+        f"| pool | {state.unlabelled_count} unlabelled, {len(state.queued)} queued in "
         f"{len(state.open_batches)} open batches, {len(state.labelled)} labelled |",
         f"| created | {manifest.created_at} |",
         "",
@@ -74,7 +74,7 @@ def batch_summary(
         "",
         "## Files for the labellers",
         "",
-        *[f"- {name}: `{location}`" for name, location in sorted(manifest.files.items())],
+        *[f"- {name}: `{location}`" for name, location in sorted(manifest.files(state.catalog.store).items())],
         "",
         "## When the labels are done",
         "",
@@ -125,13 +125,10 @@ def _class_mix_table(manifest: BatchManifest, scores: pa.Table | None) -> str:
 def batch_rows(store: ObjectStore, manifest: BatchManifest, state: PoolState) -> list[dict[str, object]]:
     """One row per selected sample, best first, with a link that opens its image."""
     rows = []
+    keys = state.samples.keys(manifest.sample_ids)
+    sources = state.sources(manifest.sample_ids)
     for rank, item in enumerate(manifest.items, start=1):
-        record = state.samples.get(item.sample_id)
-        link = (
-            store.presigned_url(sample_key(item.sample_id, record.ext), expires_s=LINK_EXPIRY_S)
-            if record is not None
-            else ""
-        )
+        link = store.presigned_url(keys[rank - 1], expires_s=LINK_EXPIRY_S)
         rows.append(
             {
                 "rank": rank,
@@ -139,7 +136,7 @@ def batch_rows(store: ObjectStore, manifest: BatchManifest, state: PoolState) ->
                 "score": round(item.score, 4),
                 "predicted": item.predicted or "",
                 "confidence": "" if item.confidence is None else round(item.confidence, 4),
-                "source": record.source if record is not None else "",
+                "source": sources[rank - 1],
                 "image": link,
             }
         )
@@ -156,7 +153,7 @@ def empty_batch_summary(reason: str, state: PoolState, budget_total: int | None)
             "",
             f"Budget spent so far: {state.budget_spent}"
             + ("" if remaining is None else f", remaining: {remaining}")
-            + f". Pool: {len(state.unlabelled)} unlabelled, {len(state.queued)} queued.",
+            + f". Pool: {state.unlabelled_count} unlabelled, {len(state.queued)} queued.",
         ]
     )
 

@@ -8,13 +8,17 @@ test from them, so a crash between two writes leaves nothing false behind.
 from __future__ import annotations
 
 import secrets
-from dataclasses import dataclass, field
+from collections.abc import Sequence
 from datetime import UTC, datetime
+from functools import cached_property
 from typing import Literal
 
+import pyarrow as pa
+import pyarrow.compute as pc
 from pydantic import BaseModel, ConfigDict, Field
 
-from activeflow.store import ObjectStore, get_json, get_jsonl
+from activeflow.catalog import BATCH_ITEMS, SAMPLES, Catalog
+from activeflow.store import ObjectStore, StoreError, get_json
 
 Split = Literal["pool", "train", "test"]
 
@@ -26,26 +30,20 @@ def sample_key(sample_id: str, ext: str) -> str:
     return f"samples/{sample_id[:2]}/{sample_id}.{ext}"
 
 
-def ingest_key(ingest_id: str) -> str:
-    return f"ingests/{ingest_id}.jsonl"
-
-
 def quarantine_key(content_id: str) -> str:
     return f"quarantine/{content_id}.json"
 
 
-def manifest_key(batch_id: str) -> str:
-    return f"batches/{batch_id}/manifest.json"
+# Where the records lived before the catalog (read only by ``activeflow migrate``).
+LEGACY_INGESTS = "ingests/"
 
 
-def labels_key(batch_id: str, import_id: str) -> str:
-    # One object per import that added labels; its id is the hash of what it added, so
-    # the same import twice (even concurrently) is one conditional create.
-    return f"labels/{batch_id}/{import_id}.jsonl"
+# What labellers get per batch, by kind: written before the batch is committed.
+BATCH_FILES = {"label_studio": "tasks.json", "csv": "tasks.csv", "label_config": "label_config.xml"}
 
 
-def release_key(batch_id: str) -> str:
-    return f"batches/{batch_id}/released.json"
+def batch_file_key(batch_id: str, file: str) -> str:
+    return f"batches/{batch_id}/{file}"
 
 
 def model_key(version: str) -> str:
@@ -113,7 +111,11 @@ class BatchManifest(BaseModel):
     budget_per_run: int
     budget_total: int | None
     items: list[BatchItemRecord]
-    files: dict[str, str] = Field(default_factory=dict)
+    request_id: str | None = None  # the export request that made it (a retry reuses it)
+
+    def files(self, store: ObjectStore) -> dict[str, str]:
+        """Where the labellers' files of this batch are."""
+        return {name: store.url(batch_file_key(self.batch_id, file)) for name, file in BATCH_FILES.items()}
 
     @property
     def sample_ids(self) -> list[str]:
@@ -147,31 +149,105 @@ class Promotion(BaseModel):
 # State --------------------------------------------------------------------------------
 
 
-@dataclass
+class SampleTable:
+    """The catalogued samples, column-wise: ``id``, ``ext``, ``split``, ``label``."""
+
+    def __init__(self, table: pa.Table) -> None:
+        self.table = table
+
+    def __len__(self) -> int:
+        return self.table.num_rows
+
+    def __contains__(self, sample_id: object) -> bool:
+        return bool(pc.any(pc.equal(self.table.column("id"), sample_id)).as_py())
+
+    def keys(self, sample_ids: Sequence[str]) -> list[str]:
+        """The store keys of ``sample_ids``, in their order; KeyError names one not catalogued."""
+        wanted = pa.array(list(sample_ids), pa.string())
+        positions = pc.index_in(wanted, value_set=self.table.column("id"))
+        if positions.null_count:
+            missing = wanted.filter(pc.is_null(positions))[0].as_py()
+            raise KeyError(f"sample {missing} is not in the catalog")
+        exts = self.table.column("ext").take(positions).to_pylist()
+        return [sample_key(sid, ext) for sid, ext in zip(wanted.to_pylist(), exts, strict=True)]
+
+    def labelled(self, split: Split) -> dict[str, str]:
+        rows = self.table.filter(
+            pc.and_(pc.equal(self.table.column("split"), split), pc.is_valid(self.table.column("label")))
+        )
+        return dict(zip(rows.column("id").to_pylist(), rows.column("label").to_pylist(), strict=True))
+
+    def pool_ids(self) -> pa.Array:
+        ids = self.table.filter(pc.equal(self.table.column("split"), "pool")).column("id")
+        return pc.unique(ids.combine_chunks())
+
+
 class PoolState:
-    samples: dict[str, IngestRecord] = field(default_factory=dict)
-    batches: dict[str, BatchManifest] = field(default_factory=dict)
-    batch_labels: dict[str, list[ImportedLabel]] = field(default_factory=dict)
-    released: dict[str, BatchRelease] = field(default_factory=dict)
-    quarantined: int = 0
-    champion: Promotion | None = None
+    """The pool at one moment, read from the catalog (see catalog.py).
 
-    @property
+    Samples stay column-wise (they number millions); batches, labels and releases are
+    bounded by the labelling budget and are held as records. ``sequences`` are the serial
+    sequence numbers of the tables read, for the commit that follows a decision."""
+
+    def __init__(self, catalog: Catalog, *, quarantined: int, champion: Promotion | None) -> None:
+        self.catalog = catalog
+        self.quarantined = quarantined
+        self.champion = champion
+        self.sequences: dict[str, int] = {}
+        # Samples are read lazily (status needs only a count), but as of this moment.
+        self._samples_version = catalog.version("samples")
+        self.batches = _read_batches(self._read("batch_items"))
+        self.batch_labels: dict[str, list[ImportedLabel]] = {}
+        for row in self._read("labels").to_pylist():
+            self.batch_labels.setdefault(row["batch_id"], []).append(ImportedLabel(**row))
+        self.released = {
+            row["batch_id"]: BatchRelease(**row) for row in self._read("releases").to_pylist()
+        }
+
+    def _read(self, name: str) -> pa.Table:
+        rows, self.sequences[name] = self.catalog.read(name)
+        return rows
+
+    @cached_property
+    def samples(self) -> SampleTable:
+        return SampleTable(self._read_samples(["id", "ext", "split", "label"]))
+
+    def _read_samples(self, columns: list[str]) -> pa.Table:
+        if self._samples_version is None:
+            return SAMPLES.empty_table().select(columns)
+        return self.catalog.read("samples", columns, version=self._samples_version)[0]
+
+    def sources(self, sample_ids: Sequence[str]) -> list[str]:
+        """Where each sample came from (its source file), in the order given."""
+        rows = self._read_samples(["id", "source"])
+        positions = pc.index_in(pa.array(list(sample_ids), pa.string()), value_set=rows.column("id"))
+        return rows.column("source").take(positions).to_pylist()
+
+    @cached_property
+    def _split_counts(self) -> dict[str, int]:
+        if "samples" in self.__dict__:
+            column = self.samples.table.column("split")
+        else:
+            column = self._read_samples(["split"]).column("split")
+        counts = pc.value_counts(column.combine_chunks()) if len(column) else []
+        return {item["values"].as_py(): item["counts"].as_py() for item in counts}
+
+    @cached_property
     def test(self) -> dict[str, str]:
-        return {
-            sid: rec.label for sid, rec in self.samples.items() if rec.split == "test" and rec.label
-        }
+        return self.samples.labelled("test")
 
-    @property
+    @cached_property
     def labelled(self) -> dict[str, str]:
-        """Training labels: labelled at ingest, then imported batch labels."""
-        labels = {
-            sid: rec.label for sid, rec in self.samples.items() if rec.split == "train" and rec.label
-        }
+        """Training labels: labelled at ingest, then imported batch labels (first wins)."""
+        labels = self.samples.labelled("train")
         for batch_id in sorted(self.batch_labels):
             for record in self.batch_labels[batch_id]:
                 labels.setdefault(record.sample_id, record.label)
         return labels
+
+    @cached_property
+    def _batch_labelled(self) -> set[str]:
+        return {r.sample_id for records in self.batch_labels.values() for r in records}
 
     def waiting(self, batch_id: str) -> list[str]:
         """Samples of a batch still waiting for a label (none once it is released)."""
@@ -184,18 +260,26 @@ class PoolState:
     def open_batches(self) -> list[str]:
         return sorted(b for b in self.batches if self.waiting(b))
 
-    @property
+    @cached_property
     def queued(self) -> set[str]:
-        labelled = self.labelled
-        return {sid for b in self.open_batches for sid in self.waiting(b) if sid not in labelled}
+        return {
+            sid for b in self.open_batches for sid in self.waiting(b)
+        } - self._batch_labelled
+
+    @cached_property
+    def unlabelled(self) -> pa.Array:
+        """Pool samples neither labelled nor queued, sorted by id."""
+        ids = self.samples.pool_ids()
+        taken = pa.array(sorted(self.queued | self._batch_labelled), pa.string())
+        ids = ids.filter(pc.invert(pc.is_in(ids, value_set=taken)))
+        return ids.take(pc.sort_indices(ids))
 
     @property
-    def unlabelled(self) -> list[str]:
-        """Pool samples neither labelled nor queued, in a stable order."""
-        taken = self.queued | set(self.labelled)
-        return sorted(
-            sid for sid, rec in self.samples.items() if rec.split == "pool" and sid not in taken
-        )
+    def unlabelled_count(self) -> int:
+        """Batches take only pool samples, so this needs no sample ids."""
+        if "unlabelled" in self.__dict__:
+            return len(self.unlabelled)
+        return self._split_counts.get("pool", 0) - len(self.queued | self._batch_labelled)
 
     @property
     def budget_spent(self) -> int:
@@ -208,10 +292,12 @@ class PoolState:
 
     def summary(self, total: int | None) -> dict[str, object]:
         return {
-            "unlabelled": len(self.unlabelled),
+            "unlabelled": self.unlabelled_count,
             "queued": len(self.queued),
-            "labelled": len(self.labelled),
-            "test": len(self.test),
+            "labelled": self._split_counts.get("train", 0) + len(self._batch_labelled)
+            if "labelled" not in self.__dict__
+            else len(self.labelled),
+            "test": self._split_counts.get("test", 0),
             "quarantined": self.quarantined,
             "budget_spent": self.budget_spent,
             "budget_remaining": self.budget_remaining(total),
@@ -219,27 +305,48 @@ class PoolState:
         }
 
 
-def load_state(store: ObjectStore) -> PoolState:
-    state = PoolState()
-    for key in store.list("ingests/"):
-        for row in get_jsonl(store, key):
-            record = IngestRecord.model_validate(row)
-            state.samples.setdefault(record.id, record)  # first ingest of the bytes wins
-    for key in store.list("batches/"):
-        if key.endswith("/manifest.json"):
-            manifest = BatchManifest.model_validate(get_json(store, key))
-            state.batches[manifest.batch_id] = manifest
-        elif key.endswith("/released.json"):
-            release = BatchRelease.model_validate(get_json(store, key))
-            state.released[release.batch_id] = release
-    for key in store.list("labels/"):
-        batch_id = key.split("/")[1]
-        state.batch_labels.setdefault(batch_id, []).extend(
-            ImportedLabel.model_validate(row) for row in get_jsonl(store, key)
+def _read_batches(items: pa.Table) -> dict[str, BatchManifest]:
+    batches: dict[str, BatchManifest] = {}
+    for row in items.sort_by([("batch_id", "ascending"), ("position", "ascending")]).to_pylist():
+        manifest = batches.get(row["batch_id"])
+        if manifest is None:
+            manifest = batches[row["batch_id"]] = BatchManifest(
+                items=[], **{k: row[k] for k in _MANIFEST_FIELDS}
+            )
+        manifest.items.append(BatchItemRecord(**{k: row[k] for k in BatchItemRecord.model_fields}))
+    return batches
+
+
+def manifest_rows(manifest: BatchManifest) -> pa.Table:
+    """A batch as rows of the catalog's ``batch_items`` table (the inverse of the above)."""
+    batch = manifest.model_dump(exclude={"items"})
+    return pa.Table.from_pylist(
+        [{**batch, **item.model_dump(), "position": i} for i, item in enumerate(manifest.items)],
+        schema=BATCH_ITEMS,
+    )
+
+
+_MANIFEST_FIELDS = (
+    "batch_id", "created_at", "strategy", "model_version", "budget_per_run", "budget_total",
+    "request_id",
+)
+
+
+def open_catalog(store: ObjectStore) -> Catalog:
+    """The store's catalog; a store written before the catalog existed must be migrated."""
+    catalog = Catalog(store)
+    if not catalog.has("samples") and store.list(LEGACY_INGESTS):
+        raise StoreError(
+            f"store {store.uri} is in the layout before the catalog ({LEGACY_INGESTS}*.jsonl): "
+            "run `activeflow migrate` once to build its catalog"
         )
-    state.quarantined = sum(1 for key in store.list("quarantine/") if key.endswith(".json"))
-    state.champion = current_champion(store)
-    return state
+    return catalog
+
+
+def load_state(store: ObjectStore) -> PoolState:
+    catalog = open_catalog(store)
+    quarantined = sum(1 for key in store.list("quarantine/") if key.endswith(".json"))
+    return PoolState(catalog, quarantined=quarantined, champion=current_champion(store))
 
 
 def promotions(store: ObjectStore) -> list[Promotion]:

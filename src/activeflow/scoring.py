@@ -59,7 +59,7 @@ def plan_scoring(state: PoolState, shard_size: int) -> ScoringPlan:
     """Split every unlabelled, unqueued sample into shards for the champion to score."""
     if state.champion is None:
         raise ScoringError("no champion model yet: run `activeflow retrain` on a labelled seed set")
-    candidates = [sample_key(sid, state.samples[sid].ext) for sid in state.unlabelled]
+    candidates = state.samples.keys(state.unlabelled.to_pylist())
     shards = [candidates[i : i + shard_size] for i in range(0, len(candidates), shard_size)]
     return ScoringPlan(run_id=new_id("s"), model_version=state.champion.version, shards=shards)
 

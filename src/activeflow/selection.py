@@ -83,7 +83,7 @@ def _labelled_embeddings(
     """Embeddings [m, d] of the training samples under the model that scored the pool."""
     if version is None or not state.labelled:
         return None  # nothing covered yet: coreset starts from a seeded random centre
-    keys = [sample_key(sid, state.samples[sid].ext) for sid in sorted(state.labelled)]
+    keys = state.samples.keys(sorted(state.labelled))
     return scoring.embed_samples(store, settings, version, keys)
 
 

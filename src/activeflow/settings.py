@@ -291,12 +291,6 @@ class ScheduleSettings(_Group):
         "incoming-labels/",
         description="Where in the store labellers drop completed exports as <batch-id>.json or .csv.",
     )
-    export_lock_seconds: int = Field(
-        600,
-        ge=2,
-        description="Lease of the export lock; renewed while an export runs, taken over once a "
-        "crashed holder's lease is this old.",
-    )
     max_workers: int = Field(
         2, ge=1, le=64, description="Threads a served flow scores shards with (bounds memory)."
     )

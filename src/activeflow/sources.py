@@ -1,14 +1,15 @@
 """Where new images come from: a local folder, an S3 prefix, or a tensorflow-datasets dataset.
 
-Every source yields ``SourceImage``s: raw bytes, where they came from, and (for
-labelled sources laid out as ``<class>/<image>``) the class name.
+Every source yields ``SourceImage``s: where each came from, (for labelled sources laid out
+as ``<class>/<image>``) the class name, and its bytes. Folder and S3 images are read only
+when their bytes are first asked for, and carry a ``version`` from the listing (size and
+modification time, or size and ETag), so an ingest can skip what it has seen unchanged.
 """
 
 from __future__ import annotations
 
 import io
-from collections.abc import Iterator
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator
 from pathlib import Path, PurePosixPath
 from typing import Any
 
@@ -16,11 +17,30 @@ from activeflow.settings import StorageSettings
 from activeflow.store import open_store
 
 
-@dataclass(frozen=True)
 class SourceImage:
-    name: str  # where it came from, for records and error messages
-    data: bytes
-    label: str | None = None
+    """One input image: ``name`` says where it came from (for records and messages)."""
+
+    def __init__(
+        self,
+        name: str,
+        data: bytes | None = None,
+        label: str | None = None,
+        *,
+        read: Callable[[], bytes] | None = None,
+        version: str | None = None,
+    ) -> None:
+        if (data is None) == (read is None):
+            raise ValueError("a SourceImage needs its bytes or a way to read them, not both")
+        self.name, self.label, self.version = name, label, version
+        self._data, self._read = data, read
+
+    @property
+    def data(self) -> bytes:
+        """The bytes; read from the source on every call, so hold them only while needed."""
+        return self._data if self._data is not None else self._read()  # type: ignore[misc]
+
+    def __repr__(self) -> str:
+        return f"SourceImage({self.name!r}, label={self.label!r}, version={self.version!r})"
 
 
 class SourceError(ValueError):
@@ -62,7 +82,10 @@ def _iter_folder(root: Path, *, labelled: bool) -> Iterator[SourceImage]:
         if any(part.startswith(".") for part in relative.parts):
             continue  # hidden files and folders (.DS_Store, .git) are not inputs
         label = _label_of(relative, str(root), labelled)
-        yield SourceImage(name=str(path), data=path.read_bytes(), label=label)
+        stat = path.stat()
+        yield SourceImage(
+            str(path), label=label, read=path.read_bytes, version=f"{stat.st_size}:{stat.st_mtime_ns}"
+        )
 
 
 def _iter_s3(uri: str, *, labelled: bool, storage: StorageSettings | None) -> Iterator[SourceImage]:
@@ -73,12 +96,14 @@ def _iter_s3(uri: str, *, labelled: bool, storage: StorageSettings | None) -> It
             region=storage.region if storage else None,
         )
     )
-    for key in store.list():
+    for key, version in store.list_versions():
         relative = PurePosixPath(key)
         if any(part.startswith(".") for part in relative.parts):
             continue
         label = _label_of(relative, uri, labelled)
-        yield SourceImage(name=store.url(key), data=store.get(key), label=label)
+        yield SourceImage(
+            store.url(key), label=label, read=lambda key=key: store.get(key), version=version
+        )
 
 
 def _iter_tfds_source(spec: str, *, labelled: bool) -> Iterator[SourceImage]:

@@ -186,9 +186,10 @@ def stopping_signal_for_store(
     state = load_state(store)
 
     def predict(version: str, ids: Sequence[str]) -> np.ndarray:
-        keys = [sample_key(sid, state.samples[sid].ext) for sid in ids]
+        keys = state.samples.keys(ids)
         return scoring.predict_classes(store, settings, version, keys)
 
     return store_stopping_signal(
-        store, state.unlabelled, predict, sample_size=sample_size, window=window
+        store, state.unlabelled[:sample_size].to_pylist(), predict, sample_size=sample_size,
+        window=window,
     )

@@ -112,6 +112,11 @@ class ObjectStore(abc.ABC):
         relative to the root, sorted."""
 
     @abc.abstractmethod
+    def list_versions(self, prefix: str = "") -> list[tuple[str, str]]:
+        """``(key, version)`` for every key ``list`` gives: the version changes whenever
+        the object does (size and modification time; size and ETag on S3)."""
+
+    @abc.abstractmethod
     def delete(self, key: str) -> None:
         """Remove ``key``; a missing key is not an error."""
 
@@ -123,6 +128,11 @@ class ObjectStore(abc.ABC):
     def presigned_url(self, key: str, expires_s: int = 3600) -> str:
         """A URL that reads the object without credentials: a presigned S3 GET URL, or a
         ``file://`` URI locally."""
+
+    @abc.abstractmethod
+    def table_location(self, key: str) -> tuple[str, dict[str, str]]:
+        """Where a table under ``key`` lives, as a table library names it: its URI and the
+        storage options that reach it (see catalog.py)."""
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.uri!r})"
@@ -222,6 +232,13 @@ class LocalStore(ObjectStore):
                     keys.append(key)
         return sorted(keys)
 
+    def list_versions(self, prefix: str = "") -> list[tuple[str, str]]:
+        versions = []
+        for key in self.list(prefix):
+            stat = (self.root / key).stat()
+            versions.append((key, f"{stat.st_size}:{stat.st_mtime_ns}"))
+        return versions
+
     def delete(self, key: str) -> None:
         path = self._path(key)
         try:
@@ -234,6 +251,9 @@ class LocalStore(ObjectStore):
 
     def presigned_url(self, key: str, expires_s: int = 3600) -> str:
         return self._path(key).as_uri()
+
+    def table_location(self, key: str) -> tuple[str, dict[str, str]]:
+        return str(self._path(key)), {}
 
 
 _NO_SUCH_KEY_CODES = {"404", "NoSuchKey", "NotFound"}
@@ -425,19 +445,23 @@ class S3Store(ObjectStore):
             raise self._error(error, "exists", key) from error
 
     def list(self, prefix: str = "") -> list[str]:
+        return [key for key, _ in self.list_versions(prefix)]
+
+    def list_versions(self, prefix: str = "") -> list[tuple[str, str]]:
         _validate_prefix(prefix)
         root = f"{self.prefix}/" if self.prefix else ""
-        keys = []
+        versions = []
         try:
             paginator = self._client.get_paginator("list_objects_v2")
             for page in paginator.paginate(Bucket=self.bucket, Prefix=root + prefix):
                 for item in page.get("Contents", []):
                     key = item["Key"][len(root) :]
                     if key and not key.endswith("/"):  # skip folder markers
-                        keys.append(key)
+                        etag = item["ETag"].strip('"')
+                        versions.append((key, f"{item['Size']}:{etag}"))
         except _BOTO_ERRORS as error:
             raise self._error(error, f"list (prefix {prefix!r})", None) from error
-        return sorted(keys)
+        return sorted(versions)
 
     def delete(self, key: str) -> None:
         full = self._full_key(key)
@@ -457,6 +481,31 @@ class S3Store(ObjectStore):
             )
         except _BOTO_ERRORS as error:
             raise self._error(error, "presign", key) from error
+
+
+    def table_location(self, key: str) -> tuple[str, dict[str, str]]:
+        """delta-rs reaches S3 itself (object_store, not boto3): it gets the credentials
+        boto3 resolves, the same endpoint and timeouts, and commits by conditional put."""
+        credentials = _new_session(self.region).get_credentials()
+        if credentials is None:
+            raise StoreError(f"no AWS credentials found for {self.uri} ({self._endpoint})")
+        frozen = credentials.get_frozen_credentials()
+        connect, read, attempts = self.timeouts
+        options = {
+            "AWS_ACCESS_KEY_ID": frozen.access_key,
+            "AWS_SECRET_ACCESS_KEY": frozen.secret_key,
+            "AWS_REGION": self.region or _new_session(None).region_name or "us-east-1",
+            "conditional_put": "etag",
+            "connect_timeout": f"{connect:g}s",
+            "timeout": f"{read:g}s",
+            "max_retries": str(attempts - 1),
+        }
+        if frozen.token:
+            options["AWS_SESSION_TOKEN"] = frozen.token
+        if self.endpoint_url:
+            options["AWS_ENDPOINT_URL"] = self.endpoint_url
+            options["AWS_ALLOW_HTTP"] = str(self.endpoint_url.startswith("http://")).lower()
+        return f"s3://{self.bucket}/{self._full_key(key)}", options
 
 
 def open_store(storage: StorageSettings) -> ObjectStore:

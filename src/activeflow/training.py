@@ -88,7 +88,7 @@ def load_examples(
     if unknown:
         raise TrainingError(f"labels {unknown} are not in data.classes {list(classes)}")
     ids = sorted(labels)
-    blobs = [store.get(sample_key(sid, state.samples[sid].ext)) for sid in ids]
+    blobs = [store.get(key) for key in state.samples.keys(ids)]
     x = modeling.decode_images(blobs, image_size)
     y = np.array([index[labels[sid]] for sid in ids], dtype=np.int64)
     return x, y

@@ -3,18 +3,14 @@ from __future__ import annotations
 from prefect import task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
-from prefect.runtime import flow_run
+from prefect.runtime import task_run
 
-from activeflow import batches, locks, monitoring
+from activeflow import batches, monitoring
 from activeflow.pool import load_state
 from activeflow.scoring import latest_scores
 from activeflow.settings import Settings
 from activeflow.store import open_store
 from activeflow.tasks.retry import STORE_RETRIES
-
-# One export at a time per store: each reads the pool and the budget, then writes a batch.
-EXPORT_LOCK = "export"
-
 
 @task(
     name="export-batch",
@@ -23,10 +19,10 @@ EXPORT_LOCK = "export"
     **STORE_RETRIES,
 )
 def export_batch(settings: Settings) -> batches.ExportResult:
-    store = open_store(settings.storage)
-    owner = locks.new_owner(f"flow run {flow_run.name}" if flow_run.name else None)
-    with locks.hold(store, EXPORT_LOCK, owner=owner, lease_s=settings.schedule.export_lock_seconds):
-        return batches.export_batch(store, settings)
+    # Exports are serialised by the catalog's commits; a retry of this task run returns
+    # the batch its first try committed instead of making a second.
+    request_id = f"task-run/{task_run.id}" if task_run.id else None
+    return batches.export_batch(open_store(settings.storage), settings, request_id)
 
 
 @task(name="report-batch", task_run_name="report batch {result.batch_id}", cache_policy=NO_CACHE)

@@ -4,9 +4,9 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from activeflow import simulation
-from activeflow.pool import BatchManifest, manifest_key
+from activeflow.pool import load_state
 from activeflow.settings import Settings
-from activeflow.store import get_json, open_store
+from activeflow.store import open_store
 
 
 @task(name="load-ground-truth", task_run_name="ground truth from {folder}", cache_policy=NO_CACHE)
@@ -16,5 +16,5 @@ def load_ground_truth(folder: str) -> dict[str, str]:
 
 @task(name="oracle-answers", task_run_name="oracle answers {batch_id}", cache_policy=NO_CACHE)
 def oracle_answers(settings: Settings, batch_id: str, truth: dict[str, str]) -> bytes:
-    manifest = BatchManifest.model_validate(get_json(open_store(settings.storage), manifest_key(batch_id)))
+    manifest = load_state(open_store(settings.storage)).batches[batch_id]
     return simulation.oracle_answers(manifest, truth)

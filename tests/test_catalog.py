@@ -1,0 +1,162 @@
+"""Contract tests of the catalog, on the local store and on SeaweedFS: what must happen
+once happens once under concurrent writers, and a store in the old layout migrates."""
+
+from __future__ import annotations
+
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pyarrow as pa
+import pytest
+from images import write_image
+
+from activeflow.batches import export_batch
+from activeflow.catalog import Catalog, CatalogConflict
+from activeflow.ingest import ingest_images
+from activeflow.label_import import import_labels
+from activeflow.migrate import migrate
+from activeflow.pool import (
+    BatchItemRecord,
+    BatchManifest,
+    BatchRelease,
+    ImportedLabel,
+    IngestRecord,
+    load_state,
+)
+from activeflow.settings import load_settings
+from activeflow.sources import iter_source
+from activeflow.store import ObjectStore, StoreError, jsonl_bytes, open_store, put_json
+
+CLASSES = ["cat", "dog"]
+
+
+@pytest.fixture(params=["local", pytest.param("s3", marks=pytest.mark.s3)])
+def storage(request, tmp_path):
+    if request.param == "local":
+        return load_settings(storage={"uri": str(tmp_path / "store")}).storage
+    return request.getfixturevalue("s3_storage")
+
+
+def _pool(storage, tmp_path: Path, count: int, **budget) -> tuple[ObjectStore, object]:
+    for n in range(count):
+        write_image(tmp_path / "in" / f"{n}.png", n)
+    store = open_store(storage)
+    ingest_images(store, iter_source(str(tmp_path / "in"), labelled=False))
+    settings = load_settings(
+        storage=storage.model_dump(), data={"classes": CLASSES}, budget={"per_run": 4, **budget}
+    )
+    return store, settings
+
+
+def test_ten_concurrent_exports_are_disjoint_and_never_overspend(storage, tmp_path):
+    store, settings = _pool(storage, tmp_path, 30, total=18)
+    start = threading.Barrier(10)
+
+    def export(_: int):
+        start.wait()
+        return export_batch(store, settings)
+
+    with ThreadPoolExecutor(10) as pool:
+        results = list(pool.map(export, range(10)))
+
+    state = load_state(store)
+    made = [r for r in results if r.batch_id is not None]
+    assert sorted(r.size for r in made) == [2, 4, 4, 4, 4]  # 18 labels: four full batches and 2
+    assert {r.reason for r in results if r.batch_id is None} == {"total budget of 18 labels is spent"}
+    picked = [sid for manifest in state.batches.values() for sid in manifest.sample_ids]
+    assert len(picked) == len(set(picked)) == state.budget_spent == 18
+    assert set(state.batches) == {r.batch_id for r in made}
+
+
+def test_a_retried_export_request_makes_one_batch(storage, tmp_path):
+    store, settings = _pool(storage, tmp_path, 10)
+    first = export_batch(store, settings, request_id="task-run/1")
+    again = export_batch(store, settings, request_id="task-run/1")
+    other = export_batch(store, settings, request_id="task-run/2")
+    assert again.batch_id == first.batch_id and again.size == first.size == 4
+    assert other.batch_id != first.batch_id
+    assert len(load_state(store).batches) == 2
+
+
+def test_concurrent_conflicting_imports_land_exactly_once(storage, tmp_path):
+    store, settings = _pool(storage, tmp_path, 6)
+    batch = export_batch(store, settings)
+    ids = load_state(store).batches[batch.batch_id].sample_ids
+    files = {
+        label: ("\n".join(["id,label", *(f"{sid},{label}" for sid in ids)]) + "\n").encode()
+        for label in CLASSES
+    }
+    start = threading.Barrier(2)
+
+    def run(label: str):
+        start.wait()
+        return import_labels(store, load_state(store), settings, batch.batch_id, f"{label}.csv", files[label])
+
+    with ThreadPoolExecutor(2) as pool:
+        reports = list(pool.map(run, CLASSES))
+
+    landed = [r for r in reports if r.imported]
+    refused = [r for r in reports if r.conflicts]
+    assert len(landed) == 1 and len(refused) == 1 and landed[0] is not refused[0]
+    assert (landed[0].imported, refused[0].imported, len(refused[0].conflicts)) == (4, 0, 4)
+    winner = landed[0].file.removesuffix(".csv")
+    assert refused[0].conflicts[0].imported == winner and refused[0].conflicts[0].offered != winner
+    assert set(load_state(store).labelled.values()) == {winner}
+    assert Catalog(store).read("labels")[0].num_rows == 4
+
+
+def test_a_serial_commit_on_a_stale_read_is_refused(storage):
+    catalog = Catalog(open_store(storage))
+    row = pa.table({"batch_id": ["b1"], "released_at": ["t"], "reason": ["r"], "returned": [["x"]]})
+    catalog.append("releases", row, after=0)
+    with pytest.raises(CatalogConflict, match="sequence 1, this writer read 0"):
+        catalog.append("releases", row, after=0)
+    assert catalog.read("releases") [0].num_rows == 1
+
+
+def _legacy_store(store: ObjectStore) -> dict[str, list[str]]:
+    """A store as activeflow wrote it before the catalog: facts as JSON objects."""
+    ids = {name: [c * 64 for c in chars] for name, chars in (("pool", "abcd"), ("test", "ef"))}
+
+    def record(sid: str, split: str, label: str | None = None) -> dict:
+        return IngestRecord(
+            id=sid, ext="png", source=f"/in/{sid[0]}.png", size=1, ingested_at="t", split=split,
+            label=label,
+        ).model_dump()
+
+    pool = [record(sid, "pool") for sid in ids["pool"]]
+    store.put("ingests/i1.jsonl", jsonl_bytes(pool[:3]))
+    store.put("ingests/i2.jsonl", jsonl_bytes([pool[0], pool[3]]))  # a, again: first ingest wins
+    store.put("ingests/i3.jsonl", jsonl_bytes([record(sid, "test", "cat") for sid in ids["test"]]))
+    items = [BatchItemRecord(sample_id=sid, score=0.0) for sid in ids["pool"][:2]]
+    for batch_id in ("b1", "b2"):
+        manifest = BatchManifest(
+            batch_id=batch_id, created_at="t", strategy="random-cold-start", model_version=None,
+            budget_per_run=2, budget_total=None, items=items if batch_id == "b1" else items[1:],
+        )
+        put_json(store, f"batches/{batch_id}/manifest.json", manifest.model_dump())
+    label = ImportedLabel(sample_id=ids["pool"][0], label="dog", batch_id="b1", source_file="x.csv", imported_at="t")
+    store.put("labels/b1/0001.jsonl", jsonl_bytes([label.model_dump()]))
+    release = BatchRelease(batch_id="b1", released_at="t", reason="old", returned=[ids["pool"][1]])
+    put_json(store, "batches/b1/released.json", release.model_dump())
+    return ids
+
+
+def test_a_store_in_the_old_layout_is_refused_until_migrated_once(storage):
+    store = open_store(storage)
+    ids = _legacy_store(store)
+    with pytest.raises(StoreError, match="run `activeflow migrate` once"):
+        load_state(store)
+
+    report = migrate(store)
+
+    assert (report.samples, report.batches, report.labels, report.releases) == (6, 2, 1, 1)
+    state = load_state(store)
+    assert state.summary(None) == {
+        "unlabelled": 2, "queued": 1, "labelled": 1, "test": 2, "quarantined": 0,
+        "budget_spent": 2, "budget_remaining": None, "champion": None,
+    }
+    assert state.labelled == {ids["pool"][0]: "dog"} and state.open_batches == ["b2"]
+    assert state.unlabelled.to_pylist() == ids["pool"][2:]
+    assert migrate(store).model_dump() == {"samples": 0, "batches": 0, "labels": 0, "releases": 0}
