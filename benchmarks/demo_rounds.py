@@ -34,7 +34,7 @@ def timed(timings: dict[str, float], step: str, fn, *args, **kwargs):
 
 
 def score_all(store, settings):
-    plan = scoring.plan_scoring(load_state(store), settings.scoring.shard_size)
+    plan = scoring.plan_scoring(load_state(store), settings)
     scored = sum(
         scoring.score_shard(store, settings, plan.model_version, plan.run_id, i, keys)
         for i, keys in enumerate(plan.shards)

@@ -1,12 +1,20 @@
 """What commands cost as the catalog grows: wall time and peak memory at 10^5..10^7 samples.
 
 A catalog is synthesised through the catalog's own writer (no image bytes: these commands
-read the catalog only), with 50 batches of up to 100 items, half of them labelled. Each
-measurement runs in a fresh interpreter, so its peak RSS is its own:
+read the catalog and the scores only): the pool, 50 open batches of up to 100 items, and a
+champion's complete scoring run over the rest of the pool in parts of 100,000 rows (10
+classes; 128-d embeddings too, up to ``--embeddings-up-to`` samples). Each measurement runs
+in a fresh interpreter, so its peak RSS is its own; TensorFlow's import (which the scoring
+and export modules pull in) is not timed but is in the RSS:
 
 - ``status``: ``load_state(store).summary()``, what ``activeflow status`` prints;
-- ``plan-scoring``: the store keys of every unlabelled, unqueued sample, in shards
-  (``scoring.plan_scoring``; TensorFlow's import is not timed, but is in the RSS).
+- ``plan-scoring``: which unlabelled samples the champion has not scored (none, here);
+- ``export-margin``: an export of k = 1,000 by margin (selection, files and commit);
+- ``export-coreset`` / ``export-badge``: the same with the diversity strategies;
+- ``nightly`` (``--nightly``): 1 % new images (32 px PNGs) arrive in a pool whose other
+  99 % the champion (an untrained small CNN) has scored. The night's run (ingest, score,
+  export of 100 by margin) against scoring those new images alone (``score_shard`` on
+  their keys, nothing planned or exported).
 
     python benchmarks/scale.py --sizes 100000,1000000 [--out benchmarks/results/scale.json]
 """
@@ -15,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import io
 import json
 import subprocess
 import sys
@@ -22,7 +31,9 @@ import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
 import pyarrow as pa
+import pyarrow.parquet as pq
 
 from activeflow.catalog import Catalog
 from activeflow.pool import BatchItemRecord, BatchManifest, manifest_rows
@@ -30,6 +41,19 @@ from activeflow.store import LocalStore
 
 BATCHES, ITEMS = 50, 100
 CHUNK = 1_000_000  # rows per commit while synthesising
+PART = 100_000  # rows per score part
+CLASSES = [f"c{i}" for i in range(10)]
+EMBEDDING = 128
+
+_EXPORT = """
+from activeflow.batches import export_batch
+from activeflow.settings import load_settings
+settings = load_settings(storage={{"uri": str(store.root)}}, data={{"classes": {classes}}},
+                         budget={{"per_run": 1000}}, strategy={{"name": "{name}"}})
+start = time.perf_counter()
+batch = export_batch(store, settings)
+result = {{"batch": batch.size}}
+"""
 
 MEASURE = {
     "status": """
@@ -41,10 +65,13 @@ result = {"unlabelled": summary["unlabelled"], "labelled": summary["labelled"]}
     "plan-scoring": """
 from activeflow import scoring
 from activeflow.pool import load_state
+from activeflow.settings import load_settings
+settings = load_settings(storage={"uri": str(store.root)})
 start = time.perf_counter()
-plan = scoring.plan_scoring(load_state(store), 512)
-result = {"samples": plan.total, "shards": len(plan.shards)}
+plan = scoring.plan_scoring(load_state(store), settings)
+result = {"to_score": plan.total, "reused": plan.reused}
 """,
+    **{f"export-{name}": _EXPORT.format(name=name, classes=CLASSES) for name in ("margin", "coreset", "badge")},
 }
 _CHILD = """
 import json, resource, sys, time
@@ -61,7 +88,8 @@ def sample_id(n: int) -> str:
     return hashlib.sha256(n.to_bytes(8, "little")).hexdigest()
 
 
-def synthesise(store: LocalStore, size: int) -> None:
+def synthesise(store: LocalStore, size: int) -> int:
+    """The pool and its open batches; returns how many samples the batches hold."""
     catalog = Catalog(store)
     for first in range(0, size, CHUNK):
         ids = [sample_id(n) for n in range(first, min(first + CHUNK, size))]
@@ -86,20 +114,78 @@ def synthesise(store: LocalStore, size: int) -> None:
         for b in range(BATCHES)
     ]
     catalog.append("batch_items", pa.concat_tables([manifest_rows(m) for m in manifests]), after=0)
-    labels = [
-        {"batch_id": m.batch_id, "sample_id": sid, "label": "cat", "source_file": "x.csv", "imported_at": "t"}
-        for m in manifests[: BATCHES // 2]
-        for sid in m.sample_ids
-    ]
-    catalog.append("labels", pa.Table.from_pylist(labels), after=0)
-    # A champion, so scoring can be planned.
     store.put("models/champion/000001.json", json.dumps({
         "sequence": 1, "version": "m1", "accuracy": 0.5, "previous": None, "promoted_at": "t",
     }).encode())
+    return BATCHES * items
 
 
-def measure(root: Path, what: str) -> dict[str, object]:
-    code = _CHILD.format(body=MEASURE[what])
+def synthesise_scores(store: LocalStore, size: int, first: int, embeddings: bool) -> None:
+    """The champion's complete scoring run over samples first..size (the unqueued ones)."""
+    from activeflow import scoring  # TensorFlow: imported only to write the scores
+
+    rng = np.random.default_rng(0)
+    for number, start in enumerate(range(first, size, PART)):
+        ids = [sample_id(n) for n in range(start, min(start + PART, size))]
+        probs = rng.dirichlet(np.ones(len(CLASSES)), size=len(ids))
+        vectors = rng.normal(size=(len(ids), EMBEDDING)).astype(np.float32) if embeddings else None
+        table = scoring.scores_table(ids, probs, CLASSES, embeddings=vectors)
+        buffer = io.BytesIO()
+        pq.write_table(table, buffer)
+        store.put(f"scores/m1/s1/part-{number:05d}.parquet", buffer.getvalue())
+    columns = [scoring.EMBEDDING_COLUMN] if embeddings else []
+    store.put("scores/m1/s1/_SUCCESS.json", json.dumps({"run_id": "s1", "model_version": "m1", "columns": columns}).encode())
+
+
+NIGHTLY = """
+import numpy as np
+from PIL import Image
+from pathlib import Path
+from activeflow import modeling, scoring
+from activeflow.batches import export_batch
+from activeflow.ingest import ingest_images
+from activeflow.pool import load_state
+from activeflow.settings import load_settings
+from activeflow.sources import iter_source
+settings = load_settings(storage={{"uri": str(store.root)}}, data={{"classes": {classes}}}, budget={{"per_run": 100}})
+store.put("models/m1/model.keras", modeling.model_to_bytes(modeling.build_classifier(settings.model, 10)))
+inbox = Path(sys.argv[1]).parent / "inbox"
+rng = np.random.default_rng(1)
+for n in range({new}):
+    path = inbox / f"{{n // 1000}}" / f"{{n}}.png"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)).save(path)
+
+def score(plan):
+    scored = sum(scoring.score_shard(store, settings, plan.model_version, plan.run_id, i, keys)
+                 for i, keys in enumerate(plan.shards))
+    scoring.commit_scores(store, plan, scored)
+
+start = time.perf_counter()
+ingest_images(store, iter_source(str(inbox), labelled=False))
+ingested = time.perf_counter()
+plan = scoring.plan_scoring(load_state(store), settings)
+score(plan)
+scored = time.perf_counter()
+export_batch(store, settings)
+night = time.perf_counter()
+keys = [key for shard in plan.shards for key in shard]
+size = settings.scoring.shard_size
+alone_start = time.perf_counter()
+for i in range(0, len(keys), size):
+    scoring.score_shard(store, settings, "m1", "alone", i // size, keys[i:i + size])
+alone_s = time.perf_counter() - alone_start
+result = {{"new": {new}, "scored": plan.total, "reused": plan.reused,
+          "ingest_s": round(ingested - start, 2), "plan_and_score_s": round(scored - ingested, 2),
+          "export_s": round(night - scored, 2), "night_s": round(night - start, 2),
+          "score_new_alone_s": round(alone_s, 2),
+          "night_over_scoring_alone": round((night - start) / alone_s, 2),
+          "score_and_export_over_scoring_alone": round((night - ingested) / alone_s, 2)}}
+"""
+
+
+def measure(root: Path, what: str, body: str | None = None) -> dict[str, object]:
+    code = _CHILD.format(body=body or MEASURE[what])
     out = subprocess.run([sys.executable, "-c", code, str(root)], capture_output=True, text=True, check=True)
     return json.loads(out.stdout.strip().splitlines()[-1])
 
@@ -107,6 +193,8 @@ def measure(root: Path, what: str) -> dict[str, object]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", default="100000,1000000")
+    parser.add_argument("--embeddings-up-to", type=int, default=1_000_000)
+    parser.add_argument("--nightly", action="store_true", help="also measure a night with 1 %% new")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/scale.json"))
     args = parser.parse_args()
     rows = []
@@ -114,10 +202,19 @@ def main() -> None:
         with tempfile.TemporaryDirectory() as folder:
             store = LocalStore(Path(folder) / "store")
             start = time.perf_counter()
-            synthesise(store, size)
+            taken = synthesise(store, size)
+            embeddings = size <= args.embeddings_up_to
+            synthesise_scores(store, size, taken, embeddings)
             row = {"samples": size, "synthesise_seconds": round(time.perf_counter() - start, 1)}
             for what in MEASURE:
+                if what in ("export-coreset", "export-badge") and not embeddings:
+                    continue
                 row[what] = measure(store.root, what)
+                print(what, row[what], flush=True)
+            if args.nightly:
+                body = NIGHTLY.format(classes=CLASSES, new=max(1, size // 100))
+                row["nightly"] = measure(store.root, "nightly", body)
+                print("nightly", row["nightly"], flush=True)
             rows.append(row)
             print(json.dumps(row), flush=True)
     args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -115,6 +115,19 @@ def test_a_serial_commit_on_a_stale_read_is_refused(storage):
     assert catalog.read("releases") [0].num_rows == 1
 
 
+def test_compaction_rewrites_a_fragmented_table_and_keeps_every_row(storage):
+    catalog = Catalog(open_store(storage))
+    for n in range(6):  # six commits: six data files
+        rows = pa.table({"name": [f"in/{n}.png"], "version": ["1:1"], "sample_id": [str(n)], "read_at": ["t"]})
+        catalog.append("sources", rows)
+    before = catalog.read("sources")[0].sort_by("name")
+
+    assert catalog.compact(max_files=5) == {"sources": 6}
+
+    assert catalog.read("sources")[0].sort_by("name").equals(before)
+    assert catalog.compact(max_files=5) == {}  # now one file: nothing to do
+
+
 def _legacy_store(store: ObjectStore) -> dict[str, list[str]]:
     """A store as activeflow wrote it before the catalog: facts as JSON objects."""
     ids = {name: [c * 64 for c in chars] for name, chars in (("pool", "abcd"), ("test", "ef"))}

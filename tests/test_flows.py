@@ -15,7 +15,7 @@ from activeflow.flows.ingest import ingest_flow
 from activeflow.flows.retrain import retrain_flow
 from activeflow.flows.score import score_flow
 from activeflow.pool import load_state
-from activeflow.scoring import latest_scores
+from activeflow.scoring import model_scores
 from activeflow.settings import load_settings
 from activeflow.simulation import ground_truth
 from activeflow.store import open_store
@@ -53,7 +53,7 @@ def test_one_full_cycle_through_the_flows(tmp_path, digits):
     assert first.promoted and first.labels_used == 20
 
     plan = score_flow(settings)
-    scores = latest_scores(store, first.version)
+    scores = model_scores(store, first.version)
     assert plan.model_version == first.version
     assert scores.num_rows == pool.new == plan.total  # every unlabelled sample, across shards
     assert len(plan.shards) == -(-pool.new // 200)

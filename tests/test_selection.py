@@ -61,13 +61,65 @@ def _store_copy(trained_store, tmp_path):
 
 
 def _score(store, settings):
-    plan = scoring.plan_scoring(load_state(store), settings.scoring.shard_size)
+    plan = scoring.plan_scoring(load_state(store), settings)
     scored = sum(
         scoring.score_shard(store, settings, plan.model_version, plan.run_id, i, keys)
         for i, keys in enumerate(plan.shards)
     )
     scoring.commit_scores(store, plan, scored)
     return plan
+
+
+def test_a_scoring_run_scores_only_what_its_champion_has_not_scored(trained_store, tmp_path):
+    store, classes = _store_copy(trained_store, tmp_path)
+    settings = load_settings(storage={"uri": store.uri}, data={"classes": classes}, model=TINY_MODEL)
+    first = _score(store, settings)
+    again = _score(store, settings)
+    assert (first.total, first.reused) == (120, 0)
+    assert (again.total, again.reused, again.shards) == (0, 120, [])
+
+    for n in range(3):  # the night's new images: only they are scored
+        write_image(tmp_path / "new" / f"{n}.png", 1000 + n)
+    ingest_images(store, iter_source(str(tmp_path / "new"), labelled=False))
+    nightly = _score(store, settings)
+    assert (nightly.total, nightly.reused) == (3, 120)
+    scores = scoring.model_scores(store, first.model_version)
+    assert scores.num_rows == len(set(scores.column("id").to_pylist())) == 123
+
+    # A strategy that needs what earlier runs did not store scores everything once.
+    coreset = load_settings(
+        storage={"uri": store.uri}, data={"classes": classes}, model=TINY_MODEL, strategy={"name": "coreset"}
+    )
+    assert (_score(store, coreset).total, _score(store, coreset).total) == (123, 0)
+
+    # A new champion scores everything.
+    champion = load_state(store).champion
+    store.put("models/m-new/model.keras", store.get(f"models/{champion.version}/model.keras"))
+    promotion = Promotion(sequence=2, version="m-new", accuracy=1.0, previous=champion.version, promoted_at="now")
+    put_json_if_absent(store, promotion_key(2), promotion.model_dump())
+    assert (_score(store, settings).total, _score(store, settings).reused) == (123, 123)
+
+
+@pytest.mark.parametrize("name", ["margin", "margin-diverse"])
+def test_an_export_keeps_only_the_top_candidates_and_a_uniform_sample(trained_store, tmp_path, name):
+    store, classes = _store_copy(trained_store, tmp_path)
+    settings = load_settings(
+        storage={"uri": store.uri}, data={"classes": classes}, model=TINY_MODEL, budget={"per_run": 10},
+        strategy={"name": name, "random_fraction": 0.2, "candidates": 15},
+    )
+    plan = _score(store, settings)
+    scores = scoring.model_scores(store, plan.model_version, plan.columns)
+    by_margin = scores.sort_by([("margin", "descending")]).column("id").to_pylist()
+
+    batch_id = export_batch(store, settings).batch_id
+    manifest = load_state(store).batches[batch_id]
+
+    picks = [item.sample_id for item in manifest.items if not item.random_slice]
+    drawn = [item.sample_id for item in manifest.items if item.random_slice]
+    assert (len(picks), len(drawn)) == (8, 2) and not set(picks) & set(drawn)
+    assert set(picks) <= set(by_margin[:15])  # chosen among the 15 kept candidates
+    if name == "margin":  # a score-based strategy loses nothing: the same top 8 as from all
+        assert set(picks) == set(by_margin[:8])
 
 
 @pytest.mark.parametrize("name", get_args(SelectorName))
@@ -104,7 +156,7 @@ def test_only_the_configured_strategy_s_extra_outputs_are_stored(trained_store, 
             strategy={"name": name, "mc_passes": 3},
         )
         plan = _score(store, settings)
-        return scoring.latest_scores(store, plan.model_version)
+        return scoring.model_scores(store, plan.model_version, plan.columns)
 
     margin = columns("margin")
     assert set(margin.column_names) == set(scoring.SCORE_SCHEMA.names) | {"probs"}
@@ -138,7 +190,7 @@ def test_coreset_starts_from_what_the_labelled_samples_cover(trained_store, tmp_
     )
     plan = _score(store, settings)
     state = load_state(store)
-    table = scoring.latest_scores(store, plan.model_version)
+    table = scoring.model_scores(store, plan.model_version, plan.columns)
     outputs = selection.pool_outputs(store, state, settings, table)
     assert outputs.labelled_embeddings.shape == (len(state.labelled), 128)
     # With the labelled samples as centres, the first pick is the pool point farthest from them.

@@ -12,7 +12,6 @@ from urllib.parse import quote
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 from pydantic import BaseModel
 
 from activeflow import labelling, selection, strategies
@@ -29,7 +28,7 @@ from activeflow.pool import (
     new_id,
     utc_now,
 )
-from activeflow.scoring import ScoringError, latest_scores
+from activeflow.scoring import ScoringError, model_scores, stored_columns
 from activeflow.settings import Settings, SettingsError, required_classes
 from activeflow.store import LocalStore, ObjectStore
 
@@ -63,27 +62,29 @@ def select_batch(store: ObjectStore, state: PoolState, settings: Settings) -> li
     k = batch_size(state, settings)
     if k == 0:
         return []
-    candidates = state.unlabelled
     # A different seed per batch, so random batches do not repeat one another's order.
     rng = np.random.default_rng([settings.strategy.seed, len(state.batches)])
     if state.champion is None:
+        candidates = state.unlabelled
         chosen = strategies.select_top(rng.random(len(candidates)), k)
         return [BatchItemRecord(sample_id=sid, score=0.0) for sid in candidates.take(chosen).to_pylist()]
 
-    table = _scores_of(store, state.champion.version, candidates)
+    version = state.champion.version
+    found = selection.stream_candidates(store, version, settings, state.taken, k, rng)
+    if found is None:
+        raise _no_scores(store, version, settings.strategy.name)
     # The strategy's picks plus a random slice of strategy.random_fraction (see selection.py).
-    return selection.select_from_scores(store, state, settings, table, k, rng)
+    return selection.select_from_scores(store, state, settings, found.top, k, rng, found.sample)
 
 
-def _scores_of(store: ObjectStore, version: str, candidates: pa.Array) -> pa.Table:
-    table = latest_scores(store, version)
-    if table is None:
-        raise ScoringError(
-            f"no complete scoring run for champion {version}: run `activeflow score` first"
+def _no_scores(store: ObjectStore, version: str, strategy: str) -> ScoringError:
+    if stored_columns(strategy) and model_scores(store, version) is not None:
+        needs = sorted(strategies.REQUIREMENTS[strategy] & {"embeddings", "mc_probs"})
+        return ScoringError(
+            f"strategy {strategy} needs {', '.join(needs)}, but no complete scoring run of "
+            f"champion {version} stored them: run `activeflow score` with strategy.name = {strategy}"
         )
-    # Scores for samples queued or labelled since the scoring run are stale: drop them.
-    table = table.filter(pc.is_in(table.column("id"), value_set=candidates))
-    return table.sort_by("id")
+    return ScoringError(f"no complete scoring run for champion {version}: run `activeflow score` first")
 
 
 def write_batch(

@@ -104,6 +104,12 @@ TABLES: dict[str, pa.Schema] = {
 _ATTEMPTS = 20
 T = TypeVar("T")
 
+# Compaction: above this many data files a table is rewritten; files replaced more than a
+# week ago are deleted (Delta's default retention: readers and writers of older versions
+# that are still running are not disturbed).
+COMPACT_ABOVE_FILES = 64
+RETAIN_HOURS = 7 * 24
+
 
 class CatalogConflict(RuntimeError):
     """A concurrent writer committed first; rerun the decision on the new state."""
@@ -220,6 +226,29 @@ class Catalog:
             except (DeltaError, OSError) as error:
                 raise CatalogError(f"cannot write catalog table {name}: {error}") from error
         raise CatalogError(f"catalog table {name}: {_ATTEMPTS} commits in a row lost a race")
+
+
+    def compact(self, max_files: int = COMPACT_ABOVE_FILES) -> dict[str, int]:
+        """Rewrite each table with more than ``max_files`` data files into few large ones, and
+        delete the files that no version younger than ``RETAIN_HOURS`` reads. Every commit
+        adds a file, so without this a nightly table gathers thousands. Returns the files
+        each compacted table had; a compaction that lost a race to a writer waits for the
+        next call (the table stays correct, just fragmented)."""
+        compacted = {}
+        for name in TABLES:
+            table = self._open(name)
+            if table is None or len(table.file_uris()) <= max_files:
+                continue
+            files = len(table.file_uris())
+            try:
+                table.optimize.compact()
+                table.vacuum(retention_hours=RETAIN_HOURS, dry_run=False)
+            except CommitFailedError:
+                continue
+            except (DeltaError, OSError) as error:
+                raise CatalogError(f"cannot compact catalog table {name}: {error}") from error
+            compacted[name] = files
+        return compacted
 
 
 def retry_on_conflict(decide_and_commit: Callable[[], T], attempts: int = _ATTEMPTS) -> T:

@@ -209,7 +209,10 @@ def _run(args: argparse.Namespace, settings: Settings) -> Any:
         from activeflow.flows.score import score_flow
 
         plan = score_flow(settings)
-        return {"run_id": plan.run_id, "model_version": plan.model_version, "scored": plan.total}
+        return {
+            "run_id": plan.run_id, "model_version": plan.model_version,
+            "scored": plan.total, "reused": plan.reused,
+        }
     if command == "export-batch":
         from activeflow.flows.export_batch import export_batch_flow
 

@@ -125,6 +125,7 @@ def ingest_images(
                 if record is not None:
                     records.append(record)
             _commit_chunk(catalog, records, read, report)
+    catalog.compact()  # every commit added a file: keep the tables few-filed
     return report
 
 

@@ -315,7 +315,7 @@ def _score(store, settings: Settings) -> None:  # noqa: ANN001
     state = load_state(store)
     if state.champion is None:
         return  # every candidate so far was refused: the export is a random cold start
-    plan = scoring.plan_scoring(state, settings.scoring.shard_size)
+    plan = scoring.plan_scoring(state, settings)
     scored = sum(
         scoring.score_shard(store, settings, plan.model_version, plan.run_id, i, keys)
         for i, keys in enumerate(plan.shards)

@@ -267,11 +267,15 @@ class PoolState:
         } - self._batch_labelled
 
     @cached_property
+    def taken(self) -> pa.Array:
+        """Pool samples out of the pool: queued in a batch or labelled through one."""
+        return pa.array(sorted(self.queued | self._batch_labelled), pa.string())
+
+    @cached_property
     def unlabelled(self) -> pa.Array:
         """Pool samples neither labelled nor queued, sorted by id."""
         ids = self.samples.pool_ids()
-        taken = pa.array(sorted(self.queued | self._batch_labelled), pa.string())
-        ids = ids.filter(pc.invert(pc.is_in(ids, value_set=taken)))
+        ids = ids.filter(pc.invert(pc.is_in(ids, value_set=self.taken)))
         return ids.take(pc.sort_indices(ids))
 
     @property
@@ -279,7 +283,7 @@ class PoolState:
         """Batches take only pool samples, so this needs no sample ids."""
         if "unlabelled" in self.__dict__:
             return len(self.unlabelled)
-        return self._split_counts.get("pool", 0) - len(self.queued | self._batch_labelled)
+        return self._split_counts.get("pool", 0) - len(self.taken)
 
     @property
     def budget_spent(self) -> int:

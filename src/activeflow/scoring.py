@@ -3,6 +3,9 @@
 A scoring run writes ``scores/<model-version>/<run>/part-NNNNN.parquet``, one per
 shard, and then ``_SUCCESS.json``; only runs with that marker are read, so a run that
 died half-way is simply ignored. Memory per shard is bounded by ``scoring.shard_size``.
+Runs are incremental: a run scores only the unlabelled samples its model has not scored
+in an earlier complete run (that stored what the strategy needs), and the model's scores
+are the union of its runs. A new champion starts from nothing, so it scores everything.
 
 Besides the per-sample criteria, every part holds the class probabilities (``probs``, one
 fixed-size list of C per row), so any strategy can select from them. What a strategy needs
@@ -22,6 +25,7 @@ from collections.abc import Sequence
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from pydantic import BaseModel
 
@@ -49,19 +53,38 @@ class ScoringPlan(BaseModel):
     run_id: str
     model_version: str
     shards: list[list[str]]  # sample keys, so a shard needs nothing else to find its images
+    reused: int = 0  # unlabelled samples the model scored in an earlier run
+    columns: list[str] = []  # the optional columns this run stores (see stored_columns)
 
     @property
     def total(self) -> int:
         return sum(len(shard) for shard in self.shards)
 
 
-def plan_scoring(state: PoolState, shard_size: int) -> ScoringPlan:
-    """Split every unlabelled, unqueued sample into shards for the champion to score."""
+def stored_columns(strategy_name: str) -> list[str]:
+    """The optional columns a scoring run stores for ``strategy_name``."""
+    needs = strategies.REQUIREMENTS[strategy_name]
+    return ([EMBEDDING_COLUMN] if "embeddings" in needs else []) + (
+        [MC_COLUMN, BALD_COLUMN] if "mc_probs" in needs else []
+    )
+
+
+def plan_scoring(state: PoolState, settings: Settings) -> ScoringPlan:
+    """Shards of the unlabelled, unqueued samples the champion has not scored yet."""
     if state.champion is None:
         raise ScoringError("no champion model yet: run `activeflow retrain` on a labelled seed set")
-    candidates = state.samples.keys(state.unlabelled.to_pylist())
-    shards = [candidates[i : i + shard_size] for i in range(0, len(candidates), shard_size)]
-    return ScoringPlan(run_id=new_id("s"), model_version=state.champion.version, shards=shards)
+    version = state.champion.version
+    columns = stored_columns(settings.strategy.name)
+    unlabelled = state.unlabelled
+    done = scored_ids(state.catalog.store, version, columns)
+    todo = unlabelled.filter(pc.invert(pc.is_in(unlabelled, value_set=done)))
+    candidates = state.samples.keys(todo.to_pylist())
+    size = settings.scoring.shard_size
+    shards = [candidates[i : i + size] for i in range(0, len(candidates), size)]
+    return ScoringPlan(
+        run_id=new_id("s"), model_version=version, shards=shards,
+        reused=len(unlabelled) - len(todo), columns=columns,
+    )
 
 
 def run_prefix(model_version: str, run_id: str) -> str:
@@ -216,22 +239,53 @@ def commit_scores(store: ObjectStore, plan: ScoringPlan, scored: int) -> None:
     put_json_if_absent(
         store,
         f"{run_prefix(plan.model_version, plan.run_id)}_SUCCESS.json",
-        {"run_id": plan.run_id, "model_version": plan.model_version, "scored": scored},
+        {"run_id": plan.run_id, "model_version": plan.model_version, "scored": scored,
+         "columns": plan.columns},
     )
 
 
-def latest_scores(store: ObjectStore, model_version: str) -> pa.Table | None:
-    """The newest complete scoring run of ``model_version``, or None."""
-    markers = [k for k in store.list(f"scores/{model_version}/") if k.endswith("/_SUCCESS.json")]
-    if not markers:
-        return None
-    run_id = get_json(store, markers[-1])["run_id"]
-    prefix = run_prefix(model_version, run_id)
-    parts = [
-        pq.read_table(io.BytesIO(store.get(key)))
+def _complete_runs(store: ObjectStore, model_version: str, columns: Sequence[str]) -> list[str]:
+    """Prefixes of the complete runs of ``model_version`` that stored ``columns``, oldest
+    first. (Runs from before incremental scoring do not say what they stored: they count as
+    storing no optional column.)"""
+    runs = []
+    for marker in (k for k in store.list(f"scores/{model_version}/") if k.endswith("/_SUCCESS.json")):
+        run = get_json(store, marker)
+        if set(columns) <= set(run.get("columns", [])):
+            runs.append(run_prefix(model_version, run["run_id"]))
+    return runs
+
+
+def score_parts(store: ObjectStore, model_version: str, columns: Sequence[str] = ()) -> list[str]:
+    """The parts of every complete run of ``model_version`` that stored ``columns``."""
+    return [
+        key
+        for prefix in _complete_runs(store, model_version, columns)
         for key in store.list(prefix)
         if key.endswith(".parquet")
     ]
-    if not parts:
+
+
+def read_part(store: ObjectStore, key: str, columns: Sequence[str] | None = None) -> pa.Table:
+    return pq.read_table(io.BytesIO(store.get(key)), columns=list(columns) if columns else None)
+
+
+def scored_ids(store: ObjectStore, model_version: str, columns: Sequence[str] = ()) -> pa.Array:
+    """Ids the model has scores for (with ``columns``), from the id column alone."""
+    ids = [read_part(store, key, ["id"]).column("id") for key in score_parts(store, model_version, columns)]
+    return pa.chunked_array(ids, pa.string()).combine_chunks() if ids else pa.array([], pa.string())
+
+
+def model_scores(store: ObjectStore, model_version: str, columns: Sequence[str] = ()) -> pa.Table | None:
+    """The model's scores over its complete runs that stored ``columns`` (a sample scored
+    twice keeps its newest score), or None if it has no such run."""
+    if not _complete_runs(store, model_version, columns):
+        return None
+    tables = [read_part(store, key) for key in reversed(score_parts(store, model_version, columns))]
+    if not tables:
         return SCORE_SCHEMA.empty_table()
-    return pa.concat_tables(parts)
+    common = [name for name in tables[0].column_names if all(name in t.column_names for t in tables)]
+    table = pa.concat_tables([t.select(common) for t in tables])
+    rows = pa.table({"id": table.column("id"), "row": pa.array(np.arange(table.num_rows))})
+    first = rows.group_by("id").aggregate([("row", "min")]).column("row_min")
+    return table if len(first) == table.num_rows else table.take(first.take(pc.sort_indices(first)))

@@ -15,9 +15,11 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import NamedTuple
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 from pydantic import BaseModel
 
 from activeflow import scoring, strategies, training
@@ -113,20 +115,107 @@ def _display_scores(name: str, table: pa.Table, outputs: strategies.PoolOutputs)
     return table.column("margin").to_numpy()
 
 
-def select_from_scores(
+class Candidates(NamedTuple):
+    """What an export selects from: the ``top`` scored rows by the strategy's prefilter, and
+    (when the pool is larger than that) a uniform ``sample`` of the pool for the random slice.
+    Both are sorted by id; None for ``sample`` means "draw the slice from ``top``"."""
+
+    top: pa.Table
+    sample: pa.Table | None
+
+
+def candidate_count(settings: Settings, k: int) -> int:
+    """How many of the most uncertain samples a batch of ``k`` is chosen from."""
+    return settings.strategy.candidates or max(CANDIDATES_FLOOR, CANDIDATES_PER_LABEL * k)
+
+
+CANDIDATES_PER_LABEL, CANDIDATES_FLOOR = 20, 1000
+
+
+def stream_candidates(
+    store: ObjectStore,
+    version: str,
+    settings: Settings,
+    taken: pa.Array,
+    k: int,
+    rng: np.random.Generator,
+) -> Candidates | None:
+    """Read the model's score parts one at a time, skipping ``taken`` samples (queued or
+    labelled since they were scored), and keep the ``candidate_count`` rows ranked highest by
+    the strategy's prefilter plus a uniform sample for the random slice. Memory is one part
+    plus what is kept, whatever the pool's size. None when the model has no usable scores."""
+    name = settings.strategy.name
+    parts = scoring.score_parts(store, version, scoring.stored_columns(name))
+    if not parts and scoring.model_scores(store, version, scoring.stored_columns(name)) is None:
+        return None
+    keep = candidate_count(settings, k)
+    top, sample = _Keeper(keep), _Keeper(2 * k)
+    rng = rng.spawn(1)[0]  # its own stream: the caller's draws stay what they were
+    for key in parts:
+        part = scoring.read_part(store, key)
+        part = part.filter(pc.invert(pc.is_in(part.column("id"), value_set=taken)))
+        if part.num_rows:
+            top.offer(part, _prefilter_key(name, part, rng))
+            sample.offer(part, rng.random(part.num_rows))
+    best = top.table()
+    if best is None:
+        return Candidates(top=scoring.SCORE_SCHEMA.empty_table(), sample=None)
+    # Everything fitted in ``top``: the slice is drawn from all of it, as it always was.
+    uniform = None if top.seen <= keep else sample.table()
+    return Candidates(top=best, sample=uniform)
+
+
+def _prefilter_key(name: str, part: pa.Table, rng: np.random.Generator) -> np.ndarray:
+    """Higher = kept: the strategy's own score where it has one; random priorities for
+    random; the margin score for the batch-aware strategies (diversity among the uncertain)."""
+    if name in strategies.CRITERIA:
+        return part.column(name).to_numpy()
+    if name == "ratio":
+        return strategies.ratio(scoring.probs_of(part))
+    if name == "bald":
+        return part.column(scoring.BALD_COLUMN).to_numpy()
+    if name == "random":
+        return rng.random(part.num_rows)
+    return part.column("margin").to_numpy()
+
+
+class _Keeper:
+    """The ``size`` rows with the highest keys seen so far (ties: the earlier row)."""
+
+    def __init__(self, size: int) -> None:
+        self.size, self.seen = size, 0
+        self._rows: pa.Table | None = None
+        self._keys = np.empty(0)
+
+    def offer(self, rows: pa.Table, keys: np.ndarray) -> None:
+        self.seen += rows.num_rows
+        if self._rows is not None:
+            common = [c for c in self._rows.column_names if c in rows.column_names]
+            rows = pa.concat_tables([self._rows.select(common), rows.select(common)])
+            keys = np.concatenate([self._keys, keys])
+        chosen = np.sort(strategies.select_top(keys, self.size))
+        self._rows, self._keys = rows.take(chosen), keys[chosen]
+
+    def table(self) -> pa.Table | None:
+        return None if self._rows is None else self._rows.sort_by("id")
+
+
+def select_from_scores(  # noqa: PLR0913 (the pool, its candidates and the draw)
     store: ObjectStore,
     state: PoolState,
     settings: Settings,
     table: pa.Table,
     k: int,
     rng: np.random.Generator,
+    slice_from: pa.Table | None = None,
 ) -> list[BatchItemRecord]:
     """Up to ``k`` batch items from the scored candidates in ``table`` (one row each).
 
     ``split_budget`` divides ``k`` into the strategy's part, chosen by ``strategies.select``, and
     a random slice drawn uniformly from the rows the strategy did not choose (flagged
-    ``random_slice``, listed after the strategy's picks). ``rng`` drives both, so the same
-    seed and scores give the same batch."""
+    ``random_slice``, listed after the strategy's picks): from ``slice_from`` when given (a
+    uniform sample of a pool larger than ``table``), else from ``table``. ``rng`` drives
+    both, so the same seed and scores give the same batch."""
     if table.num_rows == 0 or k <= 0:
         return []  # nothing scored is still unlabelled
     name = settings.strategy.name
@@ -134,9 +223,19 @@ def select_from_scores(
     k = min(k, outputs.n)
     k_strategy, k_random = strategies.split_budget(k, settings.strategy.random_fraction)
     picked = strategies.select(name, outputs, k_strategy, seed=rng)  # [k_strategy]
-    rest = np.setdiff1d(np.arange(outputs.n), picked)  # ascending
-    drawn = rng.choice(rest, size=k_random, replace=False) if k_random else picked[:0]
-    scores = _display_scores(name, table, outputs)  # [n]
+    items = _items(table, _display_scores(name, table, outputs), picked, random_slice=False)
+    source = table if slice_from is None else slice_from
+    chosen = pc.is_in(source.column("id"), value_set=table.column("id").take(pa.array(picked)))
+    rest = np.flatnonzero(~chosen.to_numpy(zero_copy_only=False))  # ascending
+    drawn = rng.choice(rest, size=min(k_random, len(rest)), replace=False) if k_random else rest[:0]
+    if source is not table:
+        outputs = strategies.PoolOutputs(probs=scoring.probs_of(source))
+    return items + _items(source, _display_scores(name, source, outputs), drawn, random_slice=True)
+
+
+def _items(
+    table: pa.Table, scores: np.ndarray, positions: np.ndarray, *, random_slice: bool
+) -> list[BatchItemRecord]:
     ids = table.column("id").to_pylist()
     predicted = table.column("predicted").to_pylist()
     confidence = table.column("confidence").to_numpy()
@@ -148,7 +247,6 @@ def select_from_scores(
             confidence=float(confidence[i]),
             random_slice=random_slice,
         )
-        for positions, random_slice in ((picked, False), (drawn, True))
         for i in positions.tolist()
     ]
 

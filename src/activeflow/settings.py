@@ -97,6 +97,14 @@ class StrategySettings(_Group):
         le=100,
         description="bald: Monte-Carlo dropout passes T per scored sample (dropout on at inference).",
     )
+    candidates: int | None = Field(
+        None,
+        ge=1,
+        description="An export reads the scores part by part and keeps only this many of the "
+        "highest-ranked (by the strategy's score; by margin for coreset, badge, margin-diverse "
+        "and class-balanced), which the strategy then chooses from. None: 20 x the batch, at "
+        "least 1000.",
+    )
 
 
 class AugmentSettings(_Group):

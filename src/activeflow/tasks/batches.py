@@ -7,7 +7,7 @@ from prefect.runtime import task_run
 
 from activeflow import batches, monitoring
 from activeflow.pool import load_state
-from activeflow.scoring import latest_scores
+from activeflow.scoring import model_scores
 from activeflow.settings import Settings
 from activeflow.store import open_store
 from activeflow.tasks.retry import STORE_RETRIES
@@ -35,7 +35,7 @@ def report_batch(settings: Settings, result: batches.ExportResult) -> None:
         create_markdown_artifact(summary, key="batch-summary", description="No batch: " + result.reason)
         return
     manifest = state.batches[result.batch_id]
-    scores = latest_scores(store, manifest.model_version) if manifest.model_version else None
+    scores = model_scores(store, manifest.model_version) if manifest.model_version else None
     summary = monitoring.batch_summary(
         manifest, state, scores, drop_prefix=settings.schedule.labels_drop_prefix
     )

@@ -13,7 +13,7 @@ from activeflow.tasks.retry import STORE_RETRIES
 @task(name="plan-scoring", task_run_name="plan scoring", cache_policy=NO_CACHE, **STORE_RETRIES)
 def plan_scoring(settings: Settings) -> scoring.ScoringPlan:
     state = load_state(open_store(settings.storage))
-    return scoring.plan_scoring(state, settings.scoring.shard_size)
+    return scoring.plan_scoring(state, settings)
 
 
 @task(
