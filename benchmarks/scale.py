@@ -10,13 +10,18 @@ and export modules pull in) is not timed but is in the RSS:
 - ``status``: ``load_state(store).summary()``, what ``activeflow status`` prints;
 - ``plan-scoring``: which unlabelled samples the champion has not scored (none, here);
 - ``export-margin``: an export of k = 1,000 by margin (selection, files and commit);
-- ``export-coreset`` / ``export-badge``: the same with the diversity strategies;
+- ``export-coreset`` / ``export-badge``: the same with the diversity strategies (the
+  exports run one after another on the same store, each taking 1,000 more samples);
 - ``nightly`` (``--nightly``): 1 % new images (32 px PNGs) arrive in a pool whose other
   99 % the champion (an untrained small CNN) has scored. The night's run (ingest, score,
   export of 100 by margin) against scoring those new images alone (``score_shard`` on
-  their keys, nothing planned or exported).
+  their keys, model load included, nothing planned or exported).
 
-    python benchmarks/scale.py --sizes 100000,1000000 [--out benchmarks/results/scale.json]
+- ``reingest`` (``--reingest N``): N small PNG files ingested into an empty store, then the
+  same unchanged folder ingested again.
+
+    python benchmarks/scale.py --sizes 100000,1000000 [--nightly] [--out benchmarks/results/scale/scale.json]
+    python benchmarks/scale.py --sizes 0 --reingest 100000 --out benchmarks/results/scale/reingest.json
 """
 
 from __future__ import annotations
@@ -73,13 +78,17 @@ result = {"to_score": plan.total, "reused": plan.reused}
 """,
     **{f"export-{name}": _EXPORT.format(name=name, classes=CLASSES) for name in ("margin", "coreset", "badge")},
 }
+# Peak RSS from VmHWM: getrusage's ru_maxrss survives exec on Linux, so a child would
+# report the parent's peak (which holds the synthesised tables) instead of its own.
 _CHILD = """
-import json, resource, sys, time
+import json, re, sys, time
+from pathlib import Path
 from activeflow.store import LocalStore
 store = LocalStore(sys.argv[1])
 {body}
 seconds = time.perf_counter() - start
-peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+status = Path("/proc/self/status").read_text()
+peak_mb = int(re.search(r"VmHWM:\\s+(\\d+) kB", status).group(1)) / 1024
 print(json.dumps({{"seconds": round(seconds, 3), "peak_rss_mb": round(peak_mb, 1), **result}}))
 """
 
@@ -171,6 +180,7 @@ export_batch(store, settings)
 night = time.perf_counter()
 keys = [key for shard in plan.shards for key in shard]
 size = settings.scoring.shard_size
+scoring._MODELS.clear()  # scoring them alone would load the model too
 alone_start = time.perf_counter()
 for i in range(0, len(keys), size):
     scoring.score_shard(store, settings, "m1", "alone", i // size, keys[i:i + size])
@@ -181,6 +191,30 @@ result = {{"new": {new}, "scored": plan.total, "reused": plan.reused,
           "score_new_alone_s": round(alone_s, 2),
           "night_over_scoring_alone": round((night - start) / alone_s, 2),
           "score_and_export_over_scoring_alone": round((night - ingested) / alone_s, 2)}}
+"""
+
+
+REINGEST = """
+import numpy as np
+from PIL import Image
+from pathlib import Path
+from activeflow.ingest import ingest_images
+from activeflow.sources import iter_source
+inbox = Path(sys.argv[1]).parent / "source"
+rng = np.random.default_rng(2)
+for n in range({count}):
+    path = inbox / f"{{n // 1000}}" / f"{{n}}.png"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(rng.integers(0, 256, (12, 12, 3), dtype=np.uint8)).save(path)
+start = time.perf_counter()
+first = ingest_images(store, iter_source(str(inbox), labelled=False))
+first_s = time.perf_counter() - start
+again_start = time.perf_counter()
+again = ingest_images(store, iter_source(str(inbox), labelled=False))
+again_s = time.perf_counter() - again_start
+result = {{"files": {count}, "first_new": first.new, "again_unchanged": again.unchanged,
+          "again_new": again.new, "first_s": round(first_s, 2), "again_s": round(again_s, 2),
+          "again_over_first": round(again_s / first_s, 4)}}
 """
 
 
@@ -195,10 +229,16 @@ def main() -> None:
     parser.add_argument("--sizes", default="100000,1000000")
     parser.add_argument("--embeddings-up-to", type=int, default=1_000_000)
     parser.add_argument("--nightly", action="store_true", help="also measure a night with 1 %% new")
+    parser.add_argument("--reingest", type=int, default=0, help="files for the re-ingest measurement")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/scale.json"))
     args = parser.parse_args()
     rows = []
-    for size in (int(s) for s in args.sizes.split(",")):
+    if args.reingest:
+        with tempfile.TemporaryDirectory() as folder:
+            row = {"reingest": measure(Path(folder) / "store", "reingest", REINGEST.format(count=args.reingest))}
+            rows.append(row)
+            print(json.dumps(row), flush=True)
+    for size in (int(s) for s in args.sizes.split(",") if int(s)):
         with tempfile.TemporaryDirectory() as folder:
             store = LocalStore(Path(folder) / "store")
             start = time.perf_counter()

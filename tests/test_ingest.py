@@ -140,6 +140,14 @@ def test_ingest_from_an_s3_prefix_into_an_s3_store(s3_storage):
     assert sorted(load_state(store).labelled.values()) == ["cat"] * 3
     assert all(k.startswith(("samples/", "catalog/")) for k in store.list())
 
+    # The rerun reads only the object that changed (a new ETag) and the new one.
+    inbox.put("cat/0.png", _png(10))
+    inbox.put("cat/3.png", _png(11))
+    again = ingest_images(
+        store, iter_source(inbox.uri, labelled=True, storage=s3_storage), split="train", classes=["cat"]
+    )
+    assert (again.unchanged, again.new, again.duplicate) == (2, 2, 0)
+
 
 def test_tfds_image_folder_source(store, tmp_path):
     write_labelled_tree(tmp_path / "tree" / "train", {"cat": 2, "dog": 2})

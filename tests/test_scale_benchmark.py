@@ -16,10 +16,12 @@ SCRIPT = Path(__file__).parents[1] / "benchmarks" / "scale.py"
 def test_scale_benchmark_measures_every_command_at_a_tiny_size(tmp_path):
     out = tmp_path / "scale.json"
     subprocess.run(
-        [sys.executable, str(SCRIPT), "--sizes", "10000", "--nightly", "--out", str(out)],
+        [sys.executable, str(SCRIPT), "--sizes", "10000", "--nightly", "--reingest", "300", "--out", str(out)],
         check=True, capture_output=True, text=True, timeout=600,
     )
-    [row] = json.loads(out.read_text())["results"]
+    reingest, row = json.loads(out.read_text())["results"]
+    again = reingest["reingest"]
+    assert (again["first_new"], again["again_unchanged"], again["again_new"]) == (300, 300, 0)
     unlabelled = 10_000 - 50 * 100  # 50 open batches of 100 items
     assert row["status"]["unlabelled"] == unlabelled
     assert row["plan-scoring"] == {**row["plan-scoring"], "to_score": 0, "reused": unlabelled}

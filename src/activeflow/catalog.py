@@ -26,12 +26,12 @@ from __future__ import annotations
 
 import random
 import time
-from collections.abc import Callable
+import re
+from collections.abc import Callable, Sequence
 from typing import TypeVar
 
 import pyarrow as pa
-import pyarrow.compute as pc
-from deltalake import CommitProperties, DeltaTable, Transaction, write_deltalake
+from deltalake import CommitProperties, DeltaTable, QueryBuilder, Transaction, write_deltalake
 from deltalake.exceptions import CommitFailedError, DeltaError, TableNotFoundError
 
 from activeflow.store import ObjectStore, StoreError
@@ -103,6 +103,7 @@ TABLES: dict[str, pa.Schema] = {
 # writer, so this bounds how many may contend at once.
 _ATTEMPTS = 20
 T = TypeVar("T")
+_PLAIN_VALUE = re.compile(r"[A-Za-z0-9_.:-]+")  # what may be spliced into a lookup query
 
 # Compaction: above this many data files a table is rewritten; files replaced more than a
 # week ago are deleted (Delta's default retention: readers and writers of older versions
@@ -187,6 +188,27 @@ class Catalog:
         if table is None:
             raise CatalogError(f"catalog table {uri} was created but cannot be opened")
         return table
+
+    def lookup(
+        self, name: str, key: str, values: Sequence[str], columns: list[str], *, version: int | None = None
+    ) -> pa.Table:
+        """The rows whose ``key`` is one of ``values`` (only ``columns``), found by delta-rs'
+        query engine, which streams the table instead of loading the key column whole."""
+        wanted = list(dict.fromkeys(values))
+        bad = next((v for v in wanted if not _PLAIN_VALUE.fullmatch(v)), None)
+        if bad is not None:
+            raise ValueError(f"catalog lookup: {key} {bad!r} is not a plain identifier")
+        table = self._open(name, version)
+        if table is None or not wanted:
+            return TABLES[name].empty_table().select(columns)
+        quoted = ", ".join(f"'{value}'" for value in wanted)
+        query = f'SELECT {", ".join(columns)} FROM "{name}" WHERE {key} IN ({quoted})'
+        try:
+            reader = QueryBuilder().register(name, table).execute(query)
+            schema = pa.schema([TABLES[name].field(column) for column in columns])
+            return pa.table(reader.read_all()).cast(schema)
+        except (DeltaError, OSError) as error:
+            raise CatalogError(f"cannot read catalog table {name}: {error}") from error
 
     def append(self, name: str, rows: pa.Table, *, after: int | None = None) -> None:
         """Commit ``rows``. With ``after`` (the sequence the writer read), a serial commit:

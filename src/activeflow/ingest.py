@@ -129,7 +129,8 @@ def ingest_images(
     return report
 
 
-INGEST_CHUNK = 1000  # images per catalog commit: what a crash can cost at most
+INGEST_CHUNK = 5000  # images per catalog commit: what a crash can cost at most (each
+# commit is a merge that reads the whole id column, so not many more commits than needed)
 INGEST_CHUNK_BYTES = 256 * 2**20  # ... and the most image bytes a chunk holds in memory
 LISTING_CHUNK = 20_000  # source entries checked against what was read before, at a time
 

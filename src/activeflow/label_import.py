@@ -10,6 +10,7 @@ commits first and the other, rerun on the new state, reports the conflict.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Collection, Iterator
 from pathlib import PurePosixPath
 
@@ -18,7 +19,7 @@ from pydantic import BaseModel
 
 from activeflow.catalog import retry_on_conflict
 from activeflow.labelling import Disagreement, LabelFileError, LabelRecord, parse_label_file
-from activeflow.pool import ImportedLabel, PoolState, SampleTable, load_state, utc_now
+from activeflow.pool import ImportedLabel, PoolState, load_state, utc_now
 from activeflow.settings import Settings
 from activeflow.store import ObjectStore
 
@@ -62,20 +63,27 @@ def import_labels(
     return retry_on_conflict(attempt)
 
 
+_PLAIN_ID = re.compile(r"[A-Za-z0-9_.:-]+")  # anything else is no sample id of ours
+
+
 class _KnownIds(Collection[str]):
     """Ids in the catalog, checked only for ids outside the batch (a refusal either way)."""
 
-    def __init__(self, batch_ids: set[str], samples: SampleTable) -> None:
-        self.batch_ids, self.samples = batch_ids, samples
+    def __init__(self, batch_ids: set[str], state: PoolState) -> None:
+        self.batch_ids, self.state = batch_ids, state
 
     def __contains__(self, sample_id: object) -> bool:
-        return sample_id in self.batch_ids or sample_id in self.samples
+        if sample_id in self.batch_ids:
+            return True
+        return isinstance(sample_id, str) and _PLAIN_ID.fullmatch(sample_id) is not None and (
+            self.state.is_catalogued(sample_id)
+        )
 
     def __iter__(self) -> Iterator[str]:
-        return iter(self.samples.table.column("id").to_pylist())
+        return iter(self.state.samples.table.column("id").to_pylist())
 
     def __len__(self) -> int:
-        return len(self.samples)
+        return len(self.state.samples)
 
 
 def _import_once(
@@ -87,7 +95,7 @@ def _import_once(
         file_name,
         content,
         batch_ids=set(state.batches[batch_id].sample_ids),
-        known_ids=_KnownIds(set(state.batches[batch_id].sample_ids), state.samples),
+        known_ids=_KnownIds(set(state.batches[batch_id].sample_ids), state),
         classes=settings.data.classes,
         batch_id=batch_id,
         min_agreement=settings.labelling.min_agreement,

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 from pydantic import BaseModel
 
-from activeflow.pool import BatchManifest, PoolState, promotions, sample_key
+from activeflow.pool import BatchManifest, PoolState, promotions
 from activeflow.reporting import CurvePoint
 from activeflow.store import ObjectStore, get_json
 from activeflow.strategies import CRITERIA
@@ -125,7 +125,7 @@ def _class_mix_table(manifest: BatchManifest, scores: pa.Table | None) -> str:
 def batch_rows(store: ObjectStore, manifest: BatchManifest, state: PoolState) -> list[dict[str, object]]:
     """One row per selected sample, best first, with a link that opens its image."""
     rows = []
-    keys = state.samples.keys(manifest.sample_ids)
+    keys = state.sample_keys(manifest.sample_ids)
     sources = state.sources(manifest.sample_ids)
     for rank, item in enumerate(manifest.items, start=1):
         link = store.presigned_url(keys[rank - 1], expires_s=LINK_EXPIRY_S)

@@ -177,9 +177,12 @@ class SampleTable:
         )
         return dict(zip(rows.column("id").to_pylist(), rows.column("label").to_pylist(), strict=True))
 
-    def pool_ids(self) -> pa.Array:
-        ids = self.table.filter(pc.equal(self.table.column("split"), "pool")).column("id")
-        return pc.unique(ids.combine_chunks())
+    def pool_ids(self) -> pa.ChunkedArray:
+        """Ids of the pool's samples, in no particular order (the catalog holds each once)."""
+        return self.table.filter(pc.equal(self.table.column("split"), "pool")).column("id")
+
+
+_LOOKUP_AT_MOST = 10_000  # ids looked up by a query; more, and the samples table is read
 
 
 class PoolState:
@@ -217,11 +220,24 @@ class PoolState:
             return SAMPLES.empty_table().select(columns)
         return self.catalog.read("samples", columns, version=self._samples_version)[0]
 
+    def sample_keys(self, sample_ids: Sequence[str]) -> list[str]:
+        """The store keys of ``sample_ids``, in their order; KeyError names one not catalogued.
+        A few ids are looked up without loading every sample."""
+        if "samples" in self.__dict__ or len(sample_ids) > _LOOKUP_AT_MOST:
+            return self.samples.keys(sample_ids)
+        return SampleTable(self._lookup(sample_ids, ["id", "ext"])).keys(sample_ids)
+
     def sources(self, sample_ids: Sequence[str]) -> list[str]:
         """Where each sample came from (its source file), in the order given."""
-        rows = self._read_samples(["id", "source"])
+        rows = self._lookup(sample_ids, ["id", "source"])
         positions = pc.index_in(pa.array(list(sample_ids), pa.string()), value_set=rows.column("id"))
         return rows.column("source").take(positions).to_pylist()
+
+    def is_catalogued(self, sample_id: str) -> bool:
+        return self._lookup([sample_id], ["id"]).num_rows > 0
+
+    def _lookup(self, sample_ids: Sequence[str], columns: list[str]) -> pa.Table:
+        return self.catalog.lookup("samples", "id", sample_ids, columns, version=self._samples_version)
 
     @cached_property
     def _split_counts(self) -> dict[str, int]:
@@ -272,17 +288,22 @@ class PoolState:
         return pa.array(sorted(self.queued | self._batch_labelled), pa.string())
 
     @cached_property
+    def unlabelled_unordered(self) -> pa.ChunkedArray:
+        """Pool samples neither labelled nor queued, in no particular order (sorting
+        millions of ids costs seconds: sort what is left after filtering)."""
+        ids = self.samples.pool_ids()
+        return ids.filter(pc.invert(pc.is_in(ids, value_set=self.taken)))
+
+    @cached_property
     def unlabelled(self) -> pa.Array:
         """Pool samples neither labelled nor queued, sorted by id."""
-        ids = self.samples.pool_ids()
-        ids = ids.filter(pc.invert(pc.is_in(ids, value_set=self.taken)))
-        return ids.take(pc.sort_indices(ids))
+        return sort_ids(self.unlabelled_unordered)
 
     @property
     def unlabelled_count(self) -> int:
         """Batches take only pool samples, so this needs no sample ids."""
-        if "unlabelled" in self.__dict__:
-            return len(self.unlabelled)
+        if "unlabelled_unordered" in self.__dict__:
+            return len(self.unlabelled_unordered)
         return self._split_counts.get("pool", 0) - len(self.taken)
 
     @property
@@ -307,6 +328,11 @@ class PoolState:
             "budget_remaining": self.budget_remaining(total),
             "champion": self.champion.version if self.champion else None,
         }
+
+
+def sort_ids(ids: pa.ChunkedArray | pa.Array) -> pa.Array:
+    ids = ids.combine_chunks() if isinstance(ids, pa.ChunkedArray) else ids
+    return ids.take(pc.sort_indices(ids))
 
 
 def _read_batches(items: pa.Table) -> dict[str, BatchManifest]:

@@ -30,7 +30,7 @@ import pyarrow.parquet as pq
 from pydantic import BaseModel
 
 from activeflow import modeling, strategies
-from activeflow.pool import PoolState, model_key, new_id, sample_key
+from activeflow.pool import PoolState, model_key, new_id, sort_ids
 from activeflow.settings import Settings
 from activeflow.store import ObjectStore, get_json, put_json_if_absent
 
@@ -75,10 +75,10 @@ def plan_scoring(state: PoolState, settings: Settings) -> ScoringPlan:
         raise ScoringError("no champion model yet: run `activeflow retrain` on a labelled seed set")
     version = state.champion.version
     columns = stored_columns(settings.strategy.name)
-    unlabelled = state.unlabelled
+    unlabelled = state.unlabelled_unordered
     done = scored_ids(state.catalog.store, version, columns)
-    todo = unlabelled.filter(pc.invert(pc.is_in(unlabelled, value_set=done)))
-    candidates = state.samples.keys(todo.to_pylist())
+    todo = sort_ids(unlabelled.filter(pc.invert(pc.is_in(unlabelled, value_set=done))))
+    candidates = state.sample_keys(todo.to_pylist())
     size = settings.scoring.shard_size
     shards = [candidates[i : i + size] for i in range(0, len(candidates), size)]
     return ScoringPlan(
@@ -270,10 +270,10 @@ def read_part(store: ObjectStore, key: str, columns: Sequence[str] | None = None
     return pq.read_table(io.BytesIO(store.get(key)), columns=list(columns) if columns else None)
 
 
-def scored_ids(store: ObjectStore, model_version: str, columns: Sequence[str] = ()) -> pa.Array:
+def scored_ids(store: ObjectStore, model_version: str, columns: Sequence[str] = ()) -> pa.ChunkedArray:
     """Ids the model has scores for (with ``columns``), from the id column alone."""
-    ids = [read_part(store, key, ["id"]).column("id") for key in score_parts(store, model_version, columns)]
-    return pa.chunked_array(ids, pa.string()).combine_chunks() if ids else pa.array([], pa.string())
+    parts = [read_part(store, key, ["id"]).column("id") for key in score_parts(store, model_version, columns)]
+    return pa.chunked_array([chunk for ids in parts for chunk in ids.chunks], pa.string())
 
 
 def model_scores(store: ObjectStore, model_version: str, columns: Sequence[str] = ()) -> pa.Table | None:

@@ -23,7 +23,7 @@ import pyarrow.compute as pc
 from pydantic import BaseModel
 
 from activeflow import scoring, strategies, training
-from activeflow.pool import BatchItemRecord, BatchManifest, ImportedLabel, PoolState, sample_key
+from activeflow.pool import BatchItemRecord, BatchManifest, ImportedLabel, PoolState
 from activeflow.settings import Settings
 from activeflow.store import ObjectNotFound, ObjectStore
 
@@ -85,7 +85,7 @@ def _labelled_embeddings(
     """Embeddings [m, d] of the training samples under the model that scored the pool."""
     if version is None or not state.labelled:
         return None  # nothing covered yet: coreset starts from a seeded random centre
-    keys = state.samples.keys(sorted(state.labelled))
+    keys = state.sample_keys(sorted(state.labelled))
     return scoring.embed_samples(store, settings, version, keys)
 
 

@@ -29,7 +29,7 @@ from collections.abc import Callable, Sequence
 import numpy as np
 from pydantic import BaseModel
 
-from activeflow.pool import load_state, sample_key
+from activeflow.pool import load_state
 from activeflow.settings import Settings
 from activeflow.store import ObjectStore, get_json
 
@@ -186,7 +186,7 @@ def stopping_signal_for_store(
     state = load_state(store)
 
     def predict(version: str, ids: Sequence[str]) -> np.ndarray:
-        keys = state.samples.keys(ids)
+        keys = state.sample_keys(ids)
         return scoring.predict_classes(store, settings, version, keys)
 
     return store_stopping_signal(

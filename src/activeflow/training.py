@@ -20,7 +20,6 @@ from activeflow.pool import (
     model_key,
     new_id,
     promotion_key,
-    sample_key,
     utc_now,
 )
 from activeflow.settings import Settings, required_classes
@@ -88,7 +87,7 @@ def load_examples(
     if unknown:
         raise TrainingError(f"labels {unknown} are not in data.classes {list(classes)}")
     ids = sorted(labels)
-    blobs = [store.get(key) for key in state.samples.keys(ids)]
+    blobs = [store.get(key) for key in state.sample_keys(ids)]
     x = modeling.decode_images(blobs, image_size)
     y = np.array([index[labels[sid]] for sid in ids], dtype=np.int64)
     return x, y
