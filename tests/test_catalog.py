@@ -156,6 +156,13 @@ def _legacy_store(store: ObjectStore) -> dict[str, list[str]]:
     return ids
 
 
+def test_migrating_a_store_with_nothing_in_the_old_layout_says_so_and_writes_nothing(storage):
+    store = open_store(storage)
+    with pytest.raises(StoreError, match="nothing to migrate in .*no ingests/\\*.jsonl"):
+        migrate(store)
+    assert store.list() == []
+
+
 def test_a_store_in_the_old_layout_is_refused_until_migrated_once(storage):
     store = open_store(storage)
     ids = _legacy_store(store)

@@ -22,7 +22,7 @@ from activeflow.pool import (
     IngestRecord,
     manifest_rows,
 )
-from activeflow.store import ObjectStore, get_json, get_jsonl
+from activeflow.store import ObjectStore, StoreError, get_json, get_jsonl
 
 
 class MigrationReport(BaseModel):
@@ -34,6 +34,11 @@ class MigrationReport(BaseModel):
 
 def migrate(store: ObjectStore) -> MigrationReport:
     """Copy the facts of the pre-catalog layout into the catalog; counts what was added."""
+    if not store.list(LEGACY_INGESTS):
+        raise StoreError(
+            f"nothing to migrate in {store.uri}: it has no {LEGACY_INGESTS}*.jsonl (the layout "
+            "before the catalog); check --store or storage.uri"
+        )
     catalog = Catalog(store)
     report = MigrationReport()
     manifests, releases = _legacy_batches(store)
