@@ -85,6 +85,17 @@ import json, re, sys, time
 from pathlib import Path
 from activeflow.store import LocalStore
 store = LocalStore(sys.argv[1])
+
+def write_pngs(folder, count, side, seed):
+    import numpy as np
+    from PIL import Image
+    rng = np.random.default_rng(seed)
+    for n in range(count):  # a thousand to a folder
+        path = folder / f"{{n // 1000}}" / f"{{n}}.png"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(rng.integers(0, 256, (side, side, 3), dtype=np.uint8)).save(path)
+    return folder
+
 {body}
 seconds = time.perf_counter() - start
 status = Path("/proc/self/status").read_text()
@@ -147,8 +158,6 @@ def synthesise_scores(store: LocalStore, size: int, first: int, embeddings: bool
 
 
 NIGHTLY = """
-import numpy as np
-from PIL import Image
 from pathlib import Path
 from activeflow import modeling, scoring
 from activeflow.batches import export_batch
@@ -158,12 +167,7 @@ from activeflow.settings import load_settings
 from activeflow.sources import iter_source
 settings = load_settings(storage={{"uri": str(store.root)}}, data={{"classes": {classes}}}, budget={{"per_run": 100}})
 store.put("models/m1/model.keras", modeling.model_to_bytes(modeling.build_classifier(settings.model, 10)))
-inbox = Path(sys.argv[1]).parent / "inbox"
-rng = np.random.default_rng(1)
-for n in range({new}):
-    path = inbox / f"{{n // 1000}}" / f"{{n}}.png"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)).save(path)
+inbox = write_pngs(Path(sys.argv[1]).parent / "inbox", {new}, side=32, seed=1)
 
 def score(plan):
     scored = sum(scoring.score_shard(store, settings, plan.model_version, plan.run_id, i, keys)
@@ -195,17 +199,10 @@ result = {{"new": {new}, "scored": plan.total, "reused": plan.reused,
 
 
 REINGEST = """
-import numpy as np
-from PIL import Image
 from pathlib import Path
 from activeflow.ingest import ingest_images
 from activeflow.sources import iter_source
-inbox = Path(sys.argv[1]).parent / "source"
-rng = np.random.default_rng(2)
-for n in range({count}):
-    path = inbox / f"{{n // 1000}}" / f"{{n}}.png"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(rng.integers(0, 256, (12, 12, 3), dtype=np.uint8)).save(path)
+inbox = write_pngs(Path(sys.argv[1]).parent / "source", {count}, side=12, seed=2)
 start = time.perf_counter()
 first = ingest_images(store, iter_source(str(inbox), labelled=False))
 first_s = time.perf_counter() - start
