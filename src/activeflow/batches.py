@@ -28,7 +28,7 @@ from activeflow.pool import (
     new_id,
     utc_now,
 )
-from activeflow.scoring import ScoringError, model_scores, stored_columns
+from activeflow.scoring import ScoringError, has_scores, stored_columns
 from activeflow.settings import Settings, SettingsError, required_classes
 from activeflow.store import LocalStore, ObjectStore
 
@@ -78,7 +78,7 @@ def select_batch(store: ObjectStore, state: PoolState, settings: Settings) -> li
 
 
 def _no_scores(store: ObjectStore, version: str, strategy: str) -> ScoringError:
-    if stored_columns(strategy) and model_scores(store, version) is not None:
+    if stored_columns(strategy) and has_scores(store, version):
         needs = sorted(strategies.REQUIREMENTS[strategy] & {"embeddings", "mc_probs"})
         return ScoringError(
             f"strategy {strategy} needs {', '.join(needs)}, but no complete scoring run of "

@@ -256,6 +256,11 @@ def _complete_runs(store: ObjectStore, model_version: str, columns: Sequence[str
     return runs
 
 
+def has_scores(store: ObjectStore, model_version: str, columns: Sequence[str] = ()) -> bool:
+    """Whether the model has a complete run that stored ``columns`` (its markers only)."""
+    return bool(_complete_runs(store, model_version, columns))
+
+
 def score_parts(store: ObjectStore, model_version: str, columns: Sequence[str] = ()) -> list[str]:
     """The parts of every complete run of ``model_version`` that stored ``columns``."""
     return [
@@ -279,7 +284,7 @@ def scored_ids(store: ObjectStore, model_version: str, columns: Sequence[str] = 
 def model_scores(store: ObjectStore, model_version: str, columns: Sequence[str] = ()) -> pa.Table | None:
     """The model's scores over its complete runs that stored ``columns`` (a sample scored
     twice keeps its newest score), or None if it has no such run."""
-    if not _complete_runs(store, model_version, columns):
+    if not has_scores(store, model_version, columns):
         return None
     tables = [read_part(store, key) for key in reversed(score_parts(store, model_version, columns))]
     if not tables:

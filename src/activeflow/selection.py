@@ -146,7 +146,7 @@ def stream_candidates(
     plus what is kept, whatever the pool's size. None when the model has no usable scores."""
     name = settings.strategy.name
     parts = scoring.score_parts(store, version, scoring.stored_columns(name))
-    if not parts and scoring.model_scores(store, version, scoring.stored_columns(name)) is None:
+    if not parts and not scoring.has_scores(store, version, scoring.stored_columns(name)):
         return None
     keep = candidate_count(settings, k)
     top, sample = _Keeper(keep), _Keeper(2 * k)
