@@ -151,7 +151,7 @@ def test_a_batch_goes_out_is_annotated_and_its_labels_come_back(ls_settings, tmp
         "label-studio.json",
         export,
         batch_ids=set(batch_ids),
-        known_ids=set(before.samples),
+        known_ids=set(before.samples.table.column("id").to_pylist()),
         classes=CLASSES,
         batch_id=first,
     )
