@@ -22,6 +22,8 @@ from activeflow.store import (
     StoreError,
     get_json,
     get_jsonl,
+    get_many,
+    iter_many,
     open_store,
     put_json,
     put_json_if_absent,
@@ -120,6 +122,34 @@ def test_get_missing_raises_object_not_found_naming_key_and_store(store: ObjectS
     assert caught.value.key == "samples/zz/missing.png"
     assert "samples/zz/missing.png" in str(caught.value)
     assert store.uri in str(caught.value)
+
+
+def test_get_many_reads_in_parallel_in_the_order_given(store: ObjectStore) -> None:
+    keys = [f"many/{n:03d}.bin" for n in range(50)]
+    for n, key in enumerate(reversed(keys)):
+        store.put(key, bytes([n]))
+    store.max_concurrency = 4
+    seen_threads: set[str] = set()
+
+    def size_and_thread(data: bytes) -> int:
+        seen_threads.add(threading.current_thread().name)
+        return data[0]
+
+    assert get_many(store, keys, size_and_thread) == list(reversed(range(50)))
+    assert get_many(store, keys[:2]) == [bytes([49]), bytes([48])]
+    assert 1 < len(seen_threads) <= 4 and all(name.startswith("store-get") for name in seen_threads)
+
+
+def test_iter_many_raises_the_first_missing_key_in_order(store: ObjectStore) -> None:
+    store.put("a.bin", b"a")
+    store.put("c.bin", b"c")
+
+    images = iter_many(store, ["a.bin", "b.bin", "c.bin"])
+
+    assert next(images) == b"a"
+    with pytest.raises(ObjectNotFound) as caught:
+        next(images)
+    assert caught.value.key == "b.bin"
 
 
 def test_get_on_an_empty_store_raises_object_not_found(store: ObjectStore) -> None:

@@ -206,9 +206,9 @@ def _run(args: argparse.Namespace, settings: Settings) -> Any:
         split = (args.split or "train") if args.labelled else "pool"
         return ingest_flow(args.source, split=split, settings=settings)
     if command == "score":
-        from activeflow.flows.score import score_flow
+        from activeflow.flows.score import run_score_flow
 
-        plan = score_flow(settings)
+        plan = run_score_flow(settings)
         return {
             "run_id": plan.run_id, "model_version": plan.model_version,
             "scored": plan.total, "reused": plan.reused,

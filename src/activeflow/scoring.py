@@ -113,23 +113,27 @@ def score_shard(
     shard_index: int,
     keys: Sequence[str],
 ) -> int:
-    """Score one shard of sample keys and write its parquet part; returns how many."""
+    """Score one shard of sample keys and write its parquet part; returns how many.
+
+    Images are fetched and decoded by ``store.max_concurrency`` threads while the model
+    works on the chunk before, so neither the store's latency nor decoding waits on it."""
     model, lock = _loaded_model(store, model_version)
-    blobs = [store.get(key) for key in keys]
-    sample_ids = [PurePosixPath(key).stem for key in keys]
-    pixels = modeling.decode_images(blobs, settings.model.image_size)
     needs = strategies.REQUIREMENTS[settings.strategy.name]
     passes = settings.strategy.mc_passes if "mc_probs" in needs else 0
-    with lock:  # one predict at a time per model: Keras builds its predict function lazily
-        out = modeling.forward_pool(
-            model,
-            pixels,
-            settings.model.batch_size,
-            embeddings="embeddings" in needs,
-            mc_passes=passes,
-            # Dropout masks differ per shard and scoring run, yet a rerun repeats them.
-            seed=[settings.strategy.seed, shard_index, *run_id.encode()],
-        )
+    parts = []
+    for chunk_index, pixels in enumerate(modeling.decoded_chunks(store, keys, settings.model.image_size)):
+        with lock:  # one forward pass at a time per model: it already uses every core
+            parts.append(modeling.forward_pool(
+                model,
+                pixels,
+                settings.model.batch_size,
+                embeddings="embeddings" in needs,
+                mc_passes=passes,
+                # Dropout masks differ per chunk and scoring run, yet a rerun repeats them.
+                seed=[settings.strategy.seed, shard_index, chunk_index, *run_id.encode()],
+            ))
+    out = modeling.ForwardOutputs.concatenate(parts)
+    sample_ids = [PurePosixPath(key).stem for key in keys]
     table = scores_table(
         sample_ids, out.probs, settings.data.classes, embeddings=out.embeddings, mc_probs=out.mc_probs
     )
@@ -216,7 +220,7 @@ def predict_classes(
 ) -> np.ndarray:
     """Predicted class indices [len(keys)] of the samples at ``keys`` under a model."""
     model, lock = _loaded_model(store, model_version)
-    pixels = modeling.decode_images([store.get(key) for key in keys], settings.model.image_size)
+    pixels = modeling.load_pixels(store, keys, settings.model.image_size)
     with lock:
         probs = modeling.predict_proba(model, pixels, settings.model.batch_size)
     return probs.argmax(axis=1)
@@ -227,7 +231,7 @@ def embed_samples(
 ) -> np.ndarray:
     """Penultimate-layer embeddings [len(keys), d] of the samples at ``keys`` under a model."""
     model, lock = _loaded_model(store, model_version)
-    pixels = modeling.decode_images([store.get(key) for key in keys], settings.model.image_size)
+    pixels = modeling.load_pixels(store, keys, settings.model.image_size)
     with lock:
         out = modeling.forward_pool(model, pixels, settings.model.batch_size, embeddings=True)
     return out.embeddings

@@ -60,6 +60,13 @@ class StorageSettings(_Group):
         description="S3: attempts per request (botocore's standard retries); a frozen endpoint "
         "fails after about max_attempts x (connect + read) seconds.",
     )
+    max_concurrency: int = Field(
+        16,
+        ge=1,
+        le=256,
+        description="Store reads and writes one task keeps in flight at once (image GETs while "
+        "scoring, uploads while ingesting); also the size of the S3 connection pool.",
+    )
 
     @field_validator("uri")
     @classmethod
@@ -209,6 +216,19 @@ class IngestSettings(_Group):
 class ScoringSettings(_Group):
     shard_size: int = Field(
         512, ge=1, description="Samples per scoring shard; bounds memory whatever the pool size."
+    )
+    runner: Literal["threads", "dask"] = Field(
+        "threads",
+        description='Where shards run: "threads" in the flow\'s process, or "dask" on a Dask '
+        "cluster (each worker loads the model once).",
+    )
+    dask_address: str | None = Field(
+        None,
+        description='runner = "dask": the scheduler of an existing cluster, e.g. '
+        '"tcp://scheduler:8786"; None starts a local cluster of dask_workers processes.',
+    )
+    dask_workers: int = Field(
+        2, ge=1, description="Worker processes of the local Dask cluster (no dask_address)."
     )
 
 

