@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import itertools
 import os
 import struct
 import zlib
@@ -10,11 +11,12 @@ import zlib
 import pytest
 from images import write_image, write_labelled_tree
 
+from activeflow import ingest as ingest_module
 from activeflow.ingest import content_id, ingest_images
-from activeflow.pool import load_state
+from activeflow.pool import load_state, open_catalog
 from activeflow.settings import SettingsError, load_settings
-from activeflow.sources import SourceError, iter_source
-from activeflow.store import LocalStore, get_json, open_store
+from activeflow.sources import SourceError, SourceImage, iter_source
+from activeflow.store import LocalStore, StoreError, get_json, open_store
 
 
 @pytest.fixture
@@ -224,3 +226,131 @@ def test_max_pixels_is_a_setting_checked_at_start():
     assert load_settings().ingest.max_pixels == 64_000_000
     with pytest.raises(SettingsError, match="ingest.max_pixels: Input should be greater than or equal to 1"):
         load_settings(ingest={"max_pixels": 0})
+
+
+# Concurrency: store.max_concurrency threads read, check and write, and the result must be
+# the one a single thread gets. Small chunks, so several commits and duplicates across them.
+
+
+def _mixed_inputs(folder):
+    """60 files: 50 distinct images, 8 copies of earlier ones (some in the chunk of the
+    original, some in a later one), and an undecodable file twice (quarantined once, then
+    a duplicate)."""
+    for n in range(50):
+        write_image(folder / f"{n:02d}.png", n)
+    for n, original in enumerate([0, 3, 11, 12, 25, 40, 41, 49]):
+        (folder / f"{original:02d}_copy{n}.png").write_bytes((folder / f"{original:02d}.png").read_bytes())
+    (folder / "30-broken.png").write_bytes(b"not a png at all")
+    (folder / "31-broken-again.png").write_bytes(b"not a png at all")
+
+
+def _outcome(store, report):
+    """Everything an ingest decides, less ids and times that differ run to run."""
+    catalog = open_catalog(store)
+    samples = catalog.read("samples", ["id", "ext", "source", "size", "split", "label"])[0]
+    sources = catalog.read("sources", ["name", "version", "sample_id"])[0]
+    counts = (report.new, report.duplicate, report.unchanged, report.quarantined)
+    return (counts, report.quarantine_reasons, sorted(samples.to_pylist(), key=lambda r: r["id"]),
+            sorted(sources.to_pylist(), key=lambda r: r["name"]), store.list("samples/"),
+            store.list("quarantine/"))
+
+
+@pytest.fixture
+def small_chunks(monkeypatch):
+    monkeypatch.setattr(ingest_module, "INGEST_CHUNK", 7)
+
+
+def test_concurrent_ingest_decides_exactly_what_a_sequential_one_does(tmp_path, small_chunks):
+    _mixed_inputs(tmp_path / "in")
+    outcomes = []
+    for workers in (1, 4):
+        store = LocalStore(tmp_path / f"store-{workers}")
+        store.max_concurrency = workers
+        report = ingest_images(store, iter_source(str(tmp_path / "in"), labelled=False))
+        outcomes.append(_outcome(store, report))
+
+    sequential, concurrent = outcomes
+    assert concurrent[0] == sequential[0] == (50, 9, 0, 1)
+    assert concurrent[1] == sequential[1]
+    assert len(sequential[1]) == 1
+    assert sequential[1][0].endswith("30-broken.png: not an image PIL can identify")
+    assert concurrent[2:] == sequential[2:]
+    # The first occurrence wins: no copy is ever the catalogued source.
+    assert not any("_copy" in row["source"].rsplit("/", 1)[-1] for row in concurrent[2])
+
+
+@pytest.mark.s3
+def test_concurrent_ingest_from_and_into_s3_matches_a_sequential_one(s3_storage, small_chunks, tmp_path):
+    _mixed_inputs(tmp_path / "in")
+    inbox = open_store(s3_storage.model_copy(update={"uri": s3_storage.uri + "-inbox"}))
+    for path in sorted((tmp_path / "in").iterdir()):
+        inbox.put(path.name, path.read_bytes())
+    outcomes = []
+    for workers in (1, 4):
+        store = open_store(
+            s3_storage.model_copy(update={"uri": f"{s3_storage.uri}-{workers}", "max_concurrency": workers})
+        )
+        report = ingest_images(store, iter_source(inbox.uri, labelled=False, storage=s3_storage))
+        outcomes.append(_outcome(store, report))
+
+    sequential, concurrent = outcomes
+    assert concurrent[0] == sequential[0] == (50, 9, 0, 1)
+    assert concurrent[1:] == sequential[1:]
+
+
+class _FailingStore(LocalStore):
+    """Fault injection: the ``fail_at``-th image write (counted across threads) raises."""
+
+    def __init__(self, root, fail_at: int) -> None:
+        super().__init__(root)
+        self.fail_at, self._writes = fail_at, itertools.count(1)  # count() is atomic
+
+    def put_if_absent(self, key: str, data: bytes) -> bool:
+        if key.startswith("samples/") and next(self._writes) == self.fail_at:
+            raise StoreError(f"injected failure writing {key}")
+        return super().put_if_absent(key, data)
+
+
+def test_a_failed_write_in_a_worker_fails_the_ingest_and_commits_nothing_of_its_chunk(tmp_path, small_chunks):
+    for n in range(20):
+        write_image(tmp_path / "in" / f"{n:02d}.png", n)
+    store = _FailingStore(tmp_path / "store", fail_at=10)  # a write of the second chunk of 7
+    store.max_concurrency = 4
+
+    with pytest.raises(StoreError, match="injected failure"):
+        ingest_images(store, iter_source(str(tmp_path / "in"), labelled=False))
+
+    catalog = open_catalog(store)
+    sources = sorted(catalog.read("sources", ["name"])[0].column("name").to_pylist())
+    assert sources == [str(tmp_path / "in" / f"{n:02d}.png") for n in range(7)]
+    assert len(catalog.read("samples", ["id"])[0]) == 7
+    # The rerun reads what was not catalogued and finds the bytes already written.
+    healthy = LocalStore(tmp_path / "store")
+    again = ingest_images(healthy, iter_source(str(tmp_path / "in"), labelled=False))
+    assert (again.unchanged, again.new, again.duplicate) == (7, 13, 0)
+
+
+def test_concurrent_reads_stay_a_few_images_ahead_of_the_chunk(tmp_path, small_chunks):
+    reads = itertools.count(1)
+    reads_before_first_write = []
+
+    class Store(LocalStore):
+        def put_if_absent(self, key: str, data: bytes) -> bool:
+            if not reads_before_first_write:
+                reads_before_first_write.append(next(reads) - 1)
+            return super().put_if_absent(key, data)
+
+    def image(n: int) -> SourceImage:
+        data = (tmp_path / "in" / f"{n}.png").read_bytes()
+        return SourceImage(f"{n}.png", read=lambda: next(reads) and data)
+
+    for n in range(40):
+        write_image(tmp_path / "in" / f"{n}.png", n)
+    store = Store(tmp_path / "store")
+    store.max_concurrency = 4
+
+    report = ingest_images(store, [image(n) for n in range(40)])
+
+    assert report.new == 40
+    # The first chunk (7) is read before anything is written, plus at most 4 read ahead.
+    assert 7 <= reads_before_first_write[0] <= 7 + 4

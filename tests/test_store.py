@@ -22,7 +22,6 @@ from activeflow.store import (
     StoreError,
     get_json,
     get_jsonl,
-    get_many,
     iter_many,
     open_store,
     put_json,
@@ -124,7 +123,7 @@ def test_get_missing_raises_object_not_found_naming_key_and_store(store: ObjectS
     assert store.uri in str(caught.value)
 
 
-def test_get_many_reads_in_parallel_in_the_order_given(store: ObjectStore) -> None:
+def test_iter_many_reads_in_parallel_in_the_order_given(store: ObjectStore) -> None:
     keys = [f"many/{n:03d}.bin" for n in range(50)]
     for n, key in enumerate(reversed(keys)):
         store.put(key, bytes([n]))
@@ -135,9 +134,9 @@ def test_get_many_reads_in_parallel_in_the_order_given(store: ObjectStore) -> No
         seen_threads.add(threading.current_thread().name)
         return data[0]
 
-    assert get_many(store, keys, size_and_thread) == list(reversed(range(50)))
-    assert get_many(store, keys[:2]) == [bytes([49]), bytes([48])]
-    assert 1 < len(seen_threads) <= 4 and all(name.startswith("store-get") for name in seen_threads)
+    assert list(iter_many(store, keys, size_and_thread)) == list(reversed(range(50)))
+    assert list(iter_many(store, keys[:2])) == [bytes([49]), bytes([48])]
+    assert 1 < len(seen_threads) <= 4 and all(name.startswith("store-io") for name in seen_threads)
 
 
 def test_iter_many_raises_the_first_missing_key_in_order(store: ObjectStore) -> None:

@@ -5,6 +5,11 @@ Unreadable inputs go to ``quarantine/`` with the reason; nothing is dropped sile
 Images are written first and catalogued after, a chunk at a time (one commit per
 chunk), so a crash loses at most one chunk's catalog rows; the rerun finds their bytes
 already stored and catalogues them.
+
+Reads, hashes, checks and writes run on ``store.max_concurrency`` threads (S3 round trips
+and fsyncs wait, they don't compute); what is new, what is a duplicate, the report and the
+catalog commits are decided in the calling thread in input order, so the result is the
+same as one image at a time.
 """
 
 from __future__ import annotations
@@ -13,6 +18,7 @@ import hashlib
 import io
 import struct
 from collections.abc import Iterable, Sequence
+from functools import partial
 from itertools import islice
 
 import pyarrow as pa
@@ -34,7 +40,7 @@ from activeflow.pool import (
 from activeflow.settings import DEFAULT_MAX_PIXELS
 from activeflow.sources import SourceImage
 from activeflow.catalog import Catalog
-from activeflow.store import ObjectStore, put_json_if_absent
+from activeflow.store import ObjectStore, parallel_map, put_json_if_absent
 
 _EXTENSIONS = {"PNG": "png", "JPEG": "jpg", "GIF": "gif", "BMP": "bmp", "WEBP": "webp", "TIFF": "tif"}
 
@@ -106,13 +112,15 @@ def ingest_images(
     catalogued = catalog.read("samples", ["id"])[0].column("id")  # one column, read once
     read_before = _source_keys(catalog.read("sources", ["name", "version"])[0])
     seen: set[str] = set()  # ids this run has already met
+    workers = store.max_concurrency
+    check_and_store = partial(_ingest_new, store, split=split, classes=classes, max_pixels=max_pixels)
     for listed in _chunks(images, LISTING_CHUNK):
         fresh = _not_read_before(listed, read_before)
         report.unchanged += len(listed) - len(fresh)
-        for chunk in _read_chunks(fresh):
+        for chunk in _read_chunks(fresh, workers):
             known = _among(catalogued, [sample_id for _, _, sample_id in chunk]) | seen
-            records, read = [], []
-            for image, data, sample_id in chunk:
+            new, read = [], []
+            for image, data, sample_id in chunk:  # in input order: the first occurrence wins
                 if image.version is not None:
                     read.append({"name": image.name, "version": image.version,
                                  "sample_id": sample_id, "read_at": utc_now()})
@@ -121,9 +129,14 @@ def ingest_images(
                     continue
                 known.add(sample_id)
                 seen.add(sample_id)
-                record = _ingest_new(store, image, data, sample_id, split, classes, max_pixels, report)
-                if record is not None:
-                    records.append(record)
+                new.append((image, data, sample_id))
+            records = []
+            for outcome in parallel_map(check_and_store, new, workers):
+                if isinstance(outcome, IngestRecord):
+                    records.append(outcome)
+                else:  # the worker quarantined it; the report is only touched here
+                    report.quarantined += 1
+                    report.quarantine_reasons.append(outcome)
             _commit_chunk(catalog, records, read, report)
     catalog.compact()  # every commit added a file: keep the tables few-filed
     return report
@@ -135,13 +148,17 @@ INGEST_CHUNK_BYTES = 256 * 2**20  # ... and the most image bytes a chunk holds i
 LISTING_CHUNK = 20_000  # source entries checked against what was read before, at a time
 
 
-def _read_chunks(images: list[SourceImage]) -> Iterable[list[tuple[SourceImage, bytes, str]]]:
-    """Each image read once, with its content id, in chunks bounded in count and bytes."""
+def _read_chunks(
+    images: list[SourceImage], workers: int
+) -> Iterable[list[tuple[SourceImage, bytes, str]]]:
+    """Each image read once, with its content id, in chunks bounded in count and bytes.
+
+    ``workers`` images are read ahead of the chunk, so at most that many more are held; the
+    chunks are the same as reading one at a time."""
     chunk: list[tuple[SourceImage, bytes, str]] = []
     size = 0
-    for image in images:
-        data = image.data
-        chunk.append((image, data, content_id(data)))
+    for image, data, sample_id in parallel_map(_read, images, workers):
+        chunk.append((image, data, sample_id))
         size += len(data)
         if len(chunk) == INGEST_CHUNK or size >= INGEST_CHUNK_BYTES:
             yield chunk
@@ -150,25 +167,28 @@ def _read_chunks(images: list[SourceImage]) -> Iterable[list[tuple[SourceImage, 
         yield chunk
 
 
-def _ingest_new(  # noqa: PLR0913 (one image and how to check it)
+def _read(image: SourceImage) -> tuple[SourceImage, bytes, str]:
+    data = image.data
+    return image, data, content_id(data)
+
+
+def _ingest_new(
     store: ObjectStore,
-    image: SourceImage,
-    data: bytes,
-    sample_id: str,
+    item: tuple[SourceImage, bytes, str],
+    *,
     split: Split,
     classes: Sequence[str],
     max_pixels: int,
-    report: IngestReport,
-) -> IngestRecord | None:
-    """Store a new image's bytes and return its record, or quarantine it (None)."""
+) -> IngestRecord | str:
+    """Store a new image's bytes and return its record, or quarantine it and return the
+    report's line for it. Runs in a worker thread: it changes nothing but the store."""
+    image, data, sample_id = item
     try:
         ext = image_extension(data, max_pixels)
         label = _checked_label(image, split, classes)
     except ValueError as problem:
         _quarantine(store, image.name, data, sample_id, str(problem))
-        report.quarantined += 1
-        report.quarantine_reasons.append(f"{image.name}: {problem}")
-        return None
+        return f"{image.name}: {problem}"
     store.put_if_absent(sample_key(sample_id, ext), data)
     return IngestRecord(
         id=sample_id, ext=ext, source=image.name, size=len(data), ingested_at=utc_now(),

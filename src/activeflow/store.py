@@ -22,6 +22,7 @@ from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
+from itertools import islice
 from typing import Any, TypeVar
 
 import boto3
@@ -35,6 +36,7 @@ from botocore.exceptions import NoCredentialsError, PartialCredentialsError
 from activeflow.settings import StorageSettings
 
 T = TypeVar("T")
+R = TypeVar("R")
 
 TEMP_PREFIX = ".tmp-"  # local temp files; a key segment may not start with it
 
@@ -91,7 +93,7 @@ def _validate_prefix(prefix: str) -> str:
 
 class ObjectStore(abc.ABC):
     """Immutable-by-convention blobs under a root. ``uri`` names the root; ``max_concurrency``
-    bounds the requests one caller keeps in flight (see ``get_many``)."""
+    bounds the requests one caller keeps in flight (see ``parallel_map``)."""
 
     uri: str
     max_concurrency: int = 16
@@ -533,33 +535,39 @@ def open_store(storage: StorageSettings) -> ObjectStore:
     return store
 
 
+def parallel_map(fn: Callable[[T], R], items: Iterable[T], workers: int) -> Iterator[R]:
+    """``fn`` of each item on up to ``workers`` threads, yielded in the order of ``items``.
+
+    Unlike ``Executor.map``, items are taken only ``workers`` ahead of the results consumed,
+    so a long list of lazy reads or writes never holds more than that many in flight. The first
+    failure, in item order, is raised there; items not yet started are then not run."""
+    iterator = iter(items)
+    if workers <= 1:
+        yield from map(fn, iterator)  # max_concurrency 1: no thread, one at a time as before
+        return
+    pool = ThreadPoolExecutor(workers, thread_name_prefix="store-io")
+    try:
+        pending: deque[Future[R]] = deque(pool.submit(fn, item) for item in islice(iterator, workers))
+        while pending:
+            result = pending.popleft().result()
+            for item in islice(iterator, 1):  # one in for one out: ``workers`` stay in flight
+                pending.append(pool.submit(fn, item))
+            yield result
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)  # no worker outlives the ingest
+
+
 def iter_many(
     store: ObjectStore, keys: Sequence[str], transform: Callable[[bytes], T] | None = None
 ) -> Iterator[T]:
     """``store.get`` of each key, in the order given, with ``store.max_concurrency`` requests
-    in flight; ``transform`` (e.g. decoding) runs on each object in the same worker threads.
-    At most twice that many results wait unread, so memory stays bounded however many keys.
-    The first failure is raised where its result would have been yielded."""
+    in flight (``parallel_map``); ``transform`` (e.g. decoding) runs on each object in the
+    same worker threads, so neither latency nor decoding waits on the consumer."""
     def read(key: str) -> Any:
         data = store.get(key)
         return transform(data) if transform is not None else data
 
-    window = 2 * store.max_concurrency
-    with ThreadPoolExecutor(min(store.max_concurrency, max(len(keys), 1)), thread_name_prefix="store-get") as pool:
-        pending: deque[Future[Any]] = deque()
-        for key in keys:
-            pending.append(pool.submit(read, key))
-            if len(pending) >= window:
-                yield pending.popleft().result()
-        while pending:
-            yield pending.popleft().result()
-
-
-def get_many(
-    store: ObjectStore, keys: Sequence[str], transform: Callable[[bytes], T] | None = None
-) -> list[T]:
-    """``iter_many`` as a list."""
-    return list(iter_many(store, keys, transform))
+    return parallel_map(read, keys, store.max_concurrency)
 
 
 # JSON helpers: the pipeline writes small JSON / JSONL objects constantly. Output is
