@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -130,3 +131,24 @@ def test_global_options_work_after_the_command_too(tmp_path, capsys):
     # Given before the command and not after, it stays.
     code, _, err = run_cli(capsys, "--store", str(tmp_path / "typo"), "status")
     assert code == 2 and f"no store at {tmp_path / 'typo'}" in err
+
+
+def test_a_temporary_prefect_server_that_does_not_start_is_a_clear_error(tmp_path):
+    """Prefect's own default gives its temporary server 20 s, too little on a busy 2-core
+    machine; the CLI gives it 120 s, and when even that is not enough says what to do
+    instead of a traceback (here: a 0 s limit, so it cannot start in time)."""
+    for n in range(2):
+        write_image(tmp_path / "in" / f"{n}.png", n)
+    env = {key: value for key, value in os.environ.items() if not key.startswith("PREFECT_")}
+    env.update(PREFECT_HOME=str(tmp_path / "prefect-home"), PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS="0")
+    result = subprocess.run(
+        [Path(sys.executable).parent / "activeflow", "--store", str(tmp_path / "store"), "ingest",
+         str(tmp_path / "in")],
+        capture_output=True, text=True, env=env, timeout=300,
+    )
+    assert result.returncode == 2 and result.stdout == ""
+    assert "activeflow ingest: error: Prefect's temporary server did not start within 0 s" in result.stderr
+    assert "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS" in result.stderr
+    assert "PREFECT_API_URL" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert not (tmp_path / "store").exists()

@@ -131,15 +131,33 @@ def _overrides(args: argparse.Namespace) -> dict[str, Any]:
     return overrides
 
 
+# Prefect gives the temporary server a command starts 20 s; a busy 2-core machine needs more.
+_SERVER_TIMEOUT = "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS"
+_SERVER_TIMED_OUT = "Timed out while attempting to connect to ephemeral Prefect API server"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     # A temporary Prefect server started for one command has no business phoning home.
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    os.environ.setdefault(_SERVER_TIMEOUT, "120")
     try:
         settings = load_settings(args.config, **_overrides(args))
         result = _run(args, settings)
     except _USER_ERRORS + _core_errors() as error:
         print(f"activeflow {args.command}: error: {error}", file=sys.stderr)
+        return 2
+    except RuntimeError as error:
+        if not str(error).startswith(_SERVER_TIMED_OUT):
+            raise
+        print(
+            f"activeflow {args.command}: error: Prefect's temporary server did not start within "
+            f"{os.environ[_SERVER_TIMEOUT]} s (is the machine busy?); nothing was run. Rerun it, "
+            f"allow more time with {_SERVER_TIMEOUT}=<seconds>, or start a server once "
+            "(`prefect server start`) and point commands at it with "
+            "PREFECT_API_URL=http://127.0.0.1:4200/api",
+            file=sys.stderr,
+        )
         return 2
     _print(result, as_json=getattr(args, "json", False))
     return _warnings(result)
