@@ -103,8 +103,11 @@ def test_simulated_cycle_runs_rounds_until_the_total_budget_is_spent(tmp_path, d
     assert rounds[0].retrain is not None and rounds[0].retrain.labels_used == 10
     assert [r.retrain.labels_used for r in rounds[:3]] == [10, 20, 25]
     assert rounds[-1].batch.reason == "total budget of 25 labels is spent"
-    state = load_state(open_store(settings.storage))
+    store = open_store(settings.storage)
+    state = load_state(store)
     assert len(state.labelled) == 25 and state.queued == set()
+    # Rounds 2 and 3 scored the pool; round 4, with the budget spent, did not.
+    assert len([key for key in store.list("scores/") if key.endswith("/_SUCCESS.json")]) == 2
 
 
 def test_cycle_simulate_without_an_oracle_is_refused(tmp_path):

@@ -6,7 +6,7 @@ from prefect.task_runners import ThreadPoolTaskRunner
 
 from activeflow.batches import ExportResult
 from activeflow.flows.export_batch import export_and_publish
-from activeflow.flows.score import SCORING_WORKERS, score_pool
+from activeflow.flows.score import SCORING_WORKERS, score_pool, worth_scoring
 from activeflow.parameters import ExportOptions
 from activeflow.settings import load_settings
 from activeflow.tasks.ingest import ingest_source
@@ -33,6 +33,6 @@ def ingest_score_export_flow(options: ExportOptions = ExportOptions()) -> Export
     settings = load_settings(**options.overrides())
     if settings.schedule.source:
         ingest_source(settings.schedule.source, "pool", settings)
-    if pool_status(settings)["champion"] is not None:
+    if worth_scoring(pool_status(settings)):
         score_pool(settings)
     return export_and_publish(settings)

@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 from prefect import flow, tags, unmapped
 from prefect.artifacts import create_progress_artifact, update_progress_artifact
 from prefect.futures import as_completed
@@ -22,6 +24,12 @@ def score_pool(settings: Settings) -> ScoringPlan:
     if settings.scoring.runner == "dask":
         return score_flow.with_options(task_runner=scoring_task_runner(settings.scoring))(settings)
     return _score_shards(settings)
+
+
+def worth_scoring(status: Mapping[str, object]) -> bool:
+    """Whether an export is worth scoring the pool for (``status`` as ``activeflow status``
+    gives it): only with a champion and labels left in the total budget."""
+    return status["champion"] is not None and status["budget_remaining"] != 0
 
 
 def _score_shards(settings: Settings) -> ScoringPlan:
