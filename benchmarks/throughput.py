@@ -8,7 +8,8 @@ For N PNGs of 64x64 (``--images``), per store (local directory; SeaweedFS from
 - scoring, per model (``--models``, weights none, at ``--image-size``): a raw
   ``model.predict`` on the decoded images (model load included, decoding not), the core
   loop (``score_shard`` over the plan's shards, no Prefect), and the score flow (threads
-  runner; Prefect's temporary server is started before the clock). Ratios are to raw;
+  runner; Prefect's temporary server is started before the clock). Medians of
+  ``--repeats`` interleaved runs; ratios are to raw;
 - Dask (``--dask``): the score flow with ``scoring.runner = "dask"`` on a local cluster
   of 2 worker processes (cluster start included), its scores compared with the threads
   runner's.
@@ -32,6 +33,10 @@ import numpy as np
 from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).parents[1] / "tests"))  # the SeaweedFS launcher
+# As the CLI sets them, before Prefect is imported (it reads its settings once): no
+# telemetry, and time for the temporary server to start on a busy machine.
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
 
 CLASSES = [f"c{i}" for i in range(10)]
 
@@ -109,38 +114,49 @@ def forget_scores(settings) -> None:
     scoring._MODELS.clear()  # every measurement loads the model, as a fresh run does
 
 
-def measure_scoring(settings, version: str) -> dict[str, float]:
+def measure_scoring(settings, version: str, repeats: int) -> dict[str, float]:
+    """Medians of ``repeats`` runs of each way, interleaved (raw, core, flow, raw, ...)."""
     from activeflow import modeling, scoring
     from activeflow.flows.score import run_score_flow
     from activeflow.pool import load_state, model_key
-    from activeflow.store import open_store
+    from activeflow.store import iter_many, open_store
 
     store = open_store(settings.storage)
     plan = scoring.plan_scoring(load_state(store), settings)
     keys = [key for shard in plan.shards for key in shard]
     pixels = modeling.decode_images([store.get(key) for key in keys], settings.model.image_size)
-    start = time.perf_counter()
-    model = modeling.model_from_bytes(store.get(model_key(version)))
-    model.predict(pixels, batch_size=settings.model.batch_size, verbose=0)
-    raw_s = time.perf_counter() - start
 
-    forget_scores(settings)
-    start = time.perf_counter()
-    plan = scoring.plan_scoring(load_state(store), settings)
-    scored = sum(scoring.score_shard(store, settings, version, plan.run_id, i, shard)
-                 for i, shard in enumerate(plan.shards))
-    scoring.commit_scores(store, plan, scored)
-    core_s = time.perf_counter() - start
+    def raw() -> None:
+        model = modeling.model_from_bytes(store.get(model_key(version)))
+        model.predict(pixels, batch_size=settings.model.batch_size, verbose=0)
 
-    forget_scores(settings)
-    start = time.perf_counter()
-    flow_plan = run_score_flow(settings)
-    flow_s = time.perf_counter() - start
-    assert flow_plan.total == len(keys), (flow_plan.total, len(keys))
+    def core() -> None:
+        plan = scoring.plan_scoring(load_state(store), settings)
+        scored = sum(scoring.score_shard(store, settings, version, plan.run_id, i, shard)
+                     for i, shard in enumerate(plan.shards))
+        scoring.commit_scores(store, plan, scored)
+
+    def flow() -> None:
+        assert run_score_flow(settings).total == len(keys)
+
+    def fetch() -> None:  # the images' GETs alone, as scoring makes them: the store's share
+        for _ in iter_many(store, keys):
+            pass
+
+    seconds: dict[str, list[float]] = {"raw": [], "core": [], "flow": [], "fetch": []}
+    for _ in range(repeats):
+        for name, run in (("raw", raw), ("core", core), ("flow", flow), ("fetch", fetch)):
+            forget_scores(settings)
+            start = time.perf_counter()
+            run()
+            seconds[name].append(time.perf_counter() - start)
+    raw_s, core_s, flow_s = (float(np.median(seconds[name])) for name in ("raw", "core", "flow"))
     n = len(keys)
     return {
-        "images": n, "raw_predict_per_s": round(n / raw_s, 1), "core_per_s": round(n / core_s, 1),
-        "flow_per_s": round(n / flow_s, 1), "core_over_raw": round(raw_s / core_s, 3),
+        "images": n, "repeats": repeats,
+        "raw_predict_per_s": round(n / raw_s, 1), "core_per_s": round(n / core_s, 1),
+        "flow_per_s": round(n / flow_s, 1), "fetch_only_per_s": round(n / float(np.median(seconds["fetch"])), 1),
+        "core_over_raw": round(raw_s / core_s, 3),
         "flow_over_raw": round(raw_s / flow_s, 3),
     }
 
@@ -172,15 +188,22 @@ def measure_dask(settings, version: str) -> dict[str, object]:
     }
 
 
-def warm_up_prefect() -> None:
-    """Start Prefect's temporary server before any clock runs (its start is not scoring)."""
+def warm_up() -> None:
+    """Start Prefect's temporary server and TensorFlow's runtime before any clock runs
+    (once per process, not part of any run measured)."""
     from prefect import flow
 
+    from activeflow import modeling
+    from activeflow.settings import ModelSettings
+
+    model = modeling.build_classifier(ModelSettings(image_size=8), 2)
+    model.predict(np.zeros((4, 8, 8, 3), np.float32), verbose=0)
+
     @flow(name="warm-up")
-    def warm_up() -> None:
+    def nothing() -> None:
         return None
 
-    warm_up()
+    nothing()
 
 
 def run_store(name: str, storage: dict, source: Path, work: Path, args) -> dict[str, object]:
@@ -205,7 +228,7 @@ def run_store(name: str, storage: dict, source: Path, work: Path, args) -> dict[
                                  scoring={"shard_size": args.shard_size})
         version = f"{backbone}-{args.image_size}"
         crown(settings, version, backbone)
-        row[version] = measure_scoring(settings, version)
+        row[version] = measure_scoring(settings, version, args.repeats)
         print(name, version, row[version], flush=True)
         if args.dask and backbone == args.models[0]:
             row[f"dask-{version}"] = measure_dask(settings, version)
@@ -220,6 +243,7 @@ def main() -> None:
     parser.add_argument("--image-size", type=int, default=128)
     parser.add_argument("--shard-size", type=int, default=512)
     parser.add_argument("--stores", type=lambda v: v.split(","), default=["local", "s3"])
+    parser.add_argument("--repeats", type=int, default=3, help="scoring runs of each way; medians")
     parser.add_argument("--dask", action="store_true")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/throughput/throughput.json"))
     args = parser.parse_args()
@@ -230,7 +254,7 @@ def main() -> None:
         work = Path(tmp)
         source = write_pngs(work / "source", args.images)
         os.environ["PREFECT_HOME"] = str(work / "prefect-home")  # a throwaway database
-        warm_up_prefect()
+        warm_up()
         results = []
         for name in args.stores:
             if name == "local":

@@ -31,6 +31,9 @@ from activeflow.settings import AugmentSettings, ModelSettings
 from activeflow.store import ObjectStore, iter_many
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # keep TensorFlow's C++ chatter out of logs
+# With a GPU, TensorFlow takes all its memory by default; Dask workers sharing one GPU (and
+# a trainer beside a scorer) would then fail to start. Grow as needed instead.
+os.environ.setdefault("TF_FORCE_GPU_ALLOW_GROWTH", "true")
 
 import keras  # noqa: E402  (after the log level is set)
 

@@ -2,7 +2,9 @@
 
 A scoring run writes ``scores/<model-version>/<run>/part-NNNNN.parquet``, one per
 shard, and then ``_SUCCESS.json``; only runs with that marker are read, so a run that
-died half-way is simply ignored. Memory per shard is bounded by ``scoring.shard_size``.
+died half-way is simply ignored. A shard's images are fetched and decoded by
+``storage.max_concurrency`` threads, a chunk ahead of the model (``modeling.decoded_chunks``),
+so memory per shard is a chunk of pixels and the shard's outputs.
 Runs are incremental: a run scores only the unlabelled samples its model has not scored
 in an earlier complete run (that stored what the strategy needs), and the model's scores
 are the union of its runs. A new champion starts from nothing, so it scores everything.

@@ -215,7 +215,8 @@ class IngestSettings(_Group):
 
 class ScoringSettings(_Group):
     shard_size: int = Field(
-        512, ge=1, description="Samples per scoring shard; bounds memory whatever the pool size."
+        512, ge=1, description="Samples per scoring shard: one task, retried as a whole; images "
+        "are decoded a few hundred at a time, so memory does not grow with it."
     )
     runner: Literal["threads", "dask"] = Field(
         "threads",
