@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -152,3 +154,46 @@ def test_a_temporary_prefect_server_that_does_not_start_is_a_clear_error(tmp_pat
     assert "PREFECT_API_URL" in result.stderr
     assert "Traceback" not in result.stderr
     assert not (tmp_path / "store").exists()
+
+
+def _processes_with(marker: str) -> list[int]:
+    """Pids of live processes whose environment holds ``marker`` (Linux /proc)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if marker.encode() in (entry / "environ").read_bytes():
+                    found.append(int(entry.name))
+            except OSError:  # gone meanwhile, or not ours
+                continue
+    return found
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="finds leftover processes through /proc")
+def test_sigterm_stops_a_command_and_its_temporary_server(tmp_path):
+    """A command sent SIGTERM (by `timeout`, systemd, Kubernetes) while its temporary
+    Prefect server starts exits promptly, says so, and leaves no server behind."""
+    for n in range(3):
+        write_image(tmp_path / "in" / f"{n}.png", n)
+    home = tmp_path / "prefect-home-sigterm"
+    env = {key: value for key, value in os.environ.items() if not key.startswith("PREFECT_")}
+    env["PREFECT_HOME"] = str(home)
+    command = subprocess.Popen(
+        [Path(sys.executable).parent / "activeflow", "--store", str(tmp_path / "store"), "ingest",
+         str(tmp_path / "in")],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+    )
+    try:
+        for line in command.stderr:  # until the temporary server is on its way up
+            if "Starting temporary server" in line:
+                break
+        command.send_signal(signal.SIGTERM)
+        _, err = command.communicate(timeout=60)
+    finally:
+        command.kill()
+    assert command.returncode == 128 + signal.SIGTERM
+    assert "activeflow ingest: stopped by SIGTERM" in err and "Traceback" not in err
+    deadline = time.monotonic() + 30
+    while _processes_with(str(home)) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert _processes_with(str(home)) == []

@@ -6,6 +6,7 @@ import argparse
 import functools
 import json
 import os
+import signal
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -141,12 +142,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     # A temporary Prefect server started for one command has no business phoning home.
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     os.environ.setdefault(_SERVER_TIMEOUT, "120")
+    # Python's default for SIGTERM ends the process at once, skipping the exit handlers that
+    # stop Prefect's temporary server: it would outlive us. Unwind as for Ctrl-C instead.
+    signal.signal(signal.SIGTERM, _stop_on_sigterm)
     try:
         settings = load_settings(args.config, **_overrides(args))
         result = _run(args, settings)
     except _USER_ERRORS + _core_errors() as error:
         print(f"activeflow {args.command}: error: {error}", file=sys.stderr)
         return 2
+    except _Stopped as stopped:
+        print(f"activeflow {args.command}: stopped by {stopped}; what was committed stays, "
+              "rerun the command to finish", file=sys.stderr)
+        return 128 + stopped.signum
     except RuntimeError as error:
         if not str(error).startswith(_SERVER_TIMED_OUT):
             raise
@@ -161,6 +169,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     _print(result, as_json=getattr(args, "json", False))
     return _warnings(result)
+
+
+class _Stopped(BaseException):  # a BaseException, like KeyboardInterrupt: nothing swallows it
+    def __init__(self, signum: int) -> None:
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+def _stop_on_sigterm(signum: int, _frame: object) -> None:
+    raise _Stopped(signum)
 
 
 def _warnings(result: Any) -> int:
