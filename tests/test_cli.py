@@ -191,7 +191,7 @@ def test_sigterm_stops_a_command_and_its_temporary_server(tmp_path):
         _, err = command.communicate(timeout=60)
     finally:
         command.kill()
-    assert command.returncode == 128 + signal.SIGTERM
+    assert command.returncode == 128 + signal.SIGTERM, err[-3000:]
     assert "activeflow ingest: stopped by SIGTERM" in err and "Traceback" not in err
     deadline = time.monotonic() + 30
     while _processes_with(str(home)) and time.monotonic() < deadline:

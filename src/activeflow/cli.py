@@ -144,41 +144,50 @@ def main(argv: Sequence[str] | None = None) -> int:
     os.environ.setdefault(_SERVER_TIMEOUT, "120")
     # Python's default for SIGTERM ends the process at once, skipping the exit handlers that
     # stop Prefect's temporary server: it would outlive us. Unwind as for Ctrl-C instead.
-    signal.signal(signal.SIGTERM, _stop_on_sigterm)
+    previous = signal.signal(signal.SIGTERM, _stop_on_sigterm)
     try:
         settings = load_settings(args.config, **_overrides(args))
         result = _run(args, settings)
-    except _USER_ERRORS + _core_errors() as error:
-        print(f"activeflow {args.command}: error: {error}", file=sys.stderr)
-        return 2
-    except _Stopped as stopped:
-        print(f"activeflow {args.command}: stopped by {stopped}; what was committed stays, "
-              "rerun the command to finish", file=sys.stderr)
-        return 128 + stopped.signum
-    except RuntimeError as error:
-        if not str(error).startswith(_SERVER_TIMED_OUT):
+    except BaseException as error:
+        message = _failure_message(error)
+        if message is None:
             raise
-        print(
-            f"activeflow {args.command}: error: Prefect's temporary server did not start within "
-            f"{os.environ[_SERVER_TIMEOUT]} s (is the machine busy?); nothing was run. Rerun it, "
-            f"allow more time with {_SERVER_TIMEOUT}=<seconds>, or start a server once "
-            "(`prefect server start`) and point commands at it with "
-            "PREFECT_API_URL=http://127.0.0.1:4200/api",
-            file=sys.stderr,
-        )
-        return 2
+        print(f"activeflow {args.command}: {message}", file=sys.stderr)
+        return 128 + _stopped_by[0] if _stopped_by else 2
+    finally:
+        signal.signal(signal.SIGTERM, previous)  # main() may be called in-process (tests)
     _print(result, as_json=getattr(args, "json", False))
     return _warnings(result)
 
 
+_stopped_by: list[int] = []  # the signal that stopped this command, once one has
+
+
 class _Stopped(BaseException):  # a BaseException, like KeyboardInterrupt: nothing swallows it
-    def __init__(self, signum: int) -> None:
-        super().__init__(signal.Signals(signum).name)
-        self.signum = signum
+    pass
 
 
 def _stop_on_sigterm(signum: int, _frame: object) -> None:
-    raise _Stopped(signum)
+    _stopped_by.append(signum)
+    raise _Stopped(signal.Signals(signum).name)
+
+
+def _failure_message(error: BaseException) -> str | None:
+    """The one line a person is shown for an expected failure; None for a bug (traceback)."""
+    if _stopped_by:  # whatever the code it interrupted turned the signal into
+        return (f"stopped by {signal.Signals(_stopped_by[0]).name}; what was committed stays, "
+                "rerun the command to finish")
+    if isinstance(error, _USER_ERRORS + _core_errors()):
+        return f"error: {error}"
+    if isinstance(error, RuntimeError) and str(error).startswith(_SERVER_TIMED_OUT):
+        return (
+            f"error: Prefect's temporary server did not start within "
+            f"{os.environ[_SERVER_TIMEOUT]} s (is the machine busy?); nothing was run. Rerun it, "
+            f"allow more time with {_SERVER_TIMEOUT}=<seconds>, or start a server once "
+            "(`prefect server start`) and point commands at it with "
+            "PREFECT_API_URL=http://127.0.0.1:4200/api"
+        )
+    return None
 
 
 def _warnings(result: Any) -> int:
