@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping
 
 from prefect import flow, tags, unmapped
@@ -66,11 +67,31 @@ def scoring_task_runner(scoring: ScoringSettings) -> TaskRunner:
 
     if scoring.dask_address:
         return DaskTaskRunner(address=scoring.dask_address)
+    _share_api_with_local_workers()
     return DaskTaskRunner(
         cluster_class="distributed.LocalCluster",
         cluster_kwargs={"n_workers": scoring.dask_workers, "threads_per_worker": 1,
                         "processes": True, "dashboard_address": None},
     )
+
+
+def _share_api_with_local_workers() -> None:
+    """Point the local cluster's worker processes (which inherit the environment) at the
+    Prefect API this process uses. Without it each worker starts a temporary server of its
+    own: the shards' task runs never reach the flow's server, and those servers outlive
+    the workers (seen here)."""
+    from prefect.settings import PREFECT_API_URL
+
+    if os.environ.get("PREFECT_API_URL"):
+        return
+    api = PREFECT_API_URL.value()
+    if not api:  # this process runs on a temporary server: start it now (once) to name it
+        from prefect.server.api.server import SubprocessASGIServer
+
+        server = SubprocessASGIServer()
+        server.start()
+        api = server.api_url
+    os.environ["PREFECT_API_URL"] = api
 
 
 @flow(name="score", task_runner=ThreadPoolTaskRunner(max_workers=SCORING_WORKERS))
