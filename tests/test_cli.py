@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 from images import write_image, write_labelled_tree
+from processes import processes_with
 
 from activeflow.cli import main
 
@@ -156,19 +157,6 @@ def test_a_temporary_prefect_server_that_does_not_start_is_a_clear_error(tmp_pat
     assert not (tmp_path / "store").exists()
 
 
-def _processes_with(marker: str) -> list[int]:
-    """Pids of live processes whose environment holds ``marker`` (Linux /proc)."""
-    found = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                if marker.encode() in (entry / "environ").read_bytes():
-                    found.append(int(entry.name))
-            except OSError:  # gone meanwhile, or not ours
-                continue
-    return found
-
-
 @pytest.mark.skipif(sys.platform != "linux", reason="finds leftover processes through /proc")
 def test_sigterm_stops_a_command_and_its_temporary_server(tmp_path):
     """A command sent SIGTERM (by `timeout`, systemd, Kubernetes) while its temporary
@@ -194,6 +182,6 @@ def test_sigterm_stops_a_command_and_its_temporary_server(tmp_path):
     assert command.returncode == 128 + signal.SIGTERM, err[-3000:]
     assert "activeflow ingest: stopped by SIGTERM" in err and "Traceback" not in err
     deadline = time.monotonic() + 30
-    while _processes_with(str(home)) and time.monotonic() < deadline:
+    while processes_with(str(home)) and time.monotonic() < deadline:
         time.sleep(0.5)
-    assert _processes_with(str(home)) == []
+    assert processes_with(str(home)) == []

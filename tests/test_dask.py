@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from images import write_image
+from processes import processes_with
 
 from activeflow import modeling
 from activeflow.flows.score import run_score_flow
@@ -109,17 +110,5 @@ def test_local_dask_workers_use_the_commands_temporary_server(tmp_path):
     assert run.returncode == 0, run.stderr[-3000:]
     assert json.loads(run.stdout)["scored"] == 12
     assert run.stderr.count("Starting temporary server") == 1
-    assert [pid for pid in _processes_with(str(home))] == []
+    assert processes_with(str(home)) == []
 
-
-def _processes_with(marker: str) -> list[int]:
-    """Pids of live processes whose environment holds ``marker`` (Linux /proc)."""
-    found = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                if marker.encode() in (entry / "environ").read_bytes():
-                    found.append(int(entry.name))
-            except OSError:
-                continue
-    return found
