@@ -23,7 +23,7 @@ def score_pool(settings: Settings) -> ScoringPlan:
     as tasks of the calling flow, on its thread pool. A progress artifact (key
     ``scoring-progress``) follows the shards as they finish."""
     if settings.scoring.runner == "dask":
-        return score_flow.with_options(task_runner=scoring_task_runner(settings.scoring))(settings)
+        return run_score_flow(settings)
     return _score_shards(settings)
 
 
