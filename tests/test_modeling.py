@@ -143,6 +143,30 @@ def test_validation_split_keeps_the_best_weights_and_reports_them():
     assert history.validation_accuracy is not None and 1 <= history.best_step <= 40
 
 
+def test_early_stopping_never_cuts_a_retrain_below_the_minimum_updates():
+    # Labels that cannot be learnt: validation never improves, yet a network trained from
+    # scratch may sit on a plateau for hundreds of steps before it learns (synthetic shapes
+    # did at 180 labels), so the floor of min_steps is run whole.
+    settings = ModelSettings(**{**TINY, "min_steps": 60, "validation_min_per_class": 5, "patience": 1})
+    x, _ = toy_data(n=40, classes=2)
+    y = np.random.default_rng(1).permutation(np.repeat([0, 1], 20))
+    history = modeling.train(modeling.build_classifier(settings, 2), x, y, settings)
+    assert history.validation_size == 8
+    assert [(p.steps_planned, p.steps_run) for p in history.phases] == [(60, 60)]
+    assert not history.stopped_early
+
+
+def test_the_small_cnn_sees_each_image_standardised():
+    # Shapes, digits and photographs come in any colour and exposure: the small CNN
+    # standardises each image first, so a darker, lower-contrast copy looks the same to it.
+    settings = ModelSettings(**TINY)
+    model = modeling.build_classifier(settings, 3)
+    x, _ = toy_data(n=8, classes=2)
+    np.testing.assert_allclose(
+        modeling.predict_proba(model, 0.5 * x + 40, 8), modeling.predict_proba(model, x, 8), atol=1e-4
+    )
+
+
 def test_balanced_class_weights_only_when_labels_are_imbalanced():
     assert modeling.class_weights(np.array([0, 0, 1, 1, 2, 2]), 3) is None
     weights = modeling.class_weights(np.array([0, 0, 0, 0, 0, 0, 1, 1]), 3)

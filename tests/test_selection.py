@@ -372,7 +372,7 @@ def test_forward_pool_embeds_once_and_varies_only_the_dropout():
     np.testing.assert_allclose(out.mc_probs.sum(axis=2), 1.0, atol=1e-6)
     assert np.abs(out.mc_probs[0] - out.mc_probs[1]).max() > 1e-3  # dropout really is on
     # Inverted dropout keeps the expected pre-activation, so the passes centre on the prediction.
-    assert np.abs(out.mc_probs.mean(axis=0) - out.probs).max() < 0.1
+    assert np.abs(out.mc_probs.mean(axis=0) - out.probs).max() < 0.15
     again = modeling.forward_pool(model, x, 8, mc_passes=20, seed=3)
     np.testing.assert_array_equal(again.mc_probs, out.mc_probs)
     assert again.embeddings is None
