@@ -23,6 +23,7 @@ from activeflow.labelling import LabelFileError
 from activeflow.parameters import ExportOptions, RetrainOptions
 from activeflow.pool import load_state
 from activeflow.settings import ScheduleSettings, load_settings
+from activeflow.sources import SourceError
 from activeflow.store import open_store
 
 REPO = Path(__file__).resolve().parents[1]
@@ -45,7 +46,10 @@ def test_deployments_follow_the_settings():
     assert retrain.schedules == [] and watch.schedules[0].schedule.interval.total_seconds() == 90
     [trigger] = retrain.triggers
     assert trigger.expect == {"activeflow.labels.ready"}
-    assert trigger.parameters == {"batch_id": "{{ event.payload.batch_id }}", "labels_uri": "{{ event.payload.labels_uri }}"}
+    assert trigger.parameters == {
+        "batch_id": "{{ event.payload.batch_id }}", "labels_uri": "{{ event.payload.labels_uri }}",
+        "sha256": "{{ event.payload.sha256 }}",
+    }
     # The flows served run with a thread pool bounded by schedule.max_workers.
     assert [flow.task_runner._max_workers for flow, _ in deployment_specs(settings)] == [3, 3, 3]
     form = export._parameter_openapi_schema.model_dump()
@@ -138,7 +142,7 @@ def test_a_run_overrides_the_budget_and_never_exceeds_the_total(served_env):
 
 
 @pytest.mark.usefixtures("prefect_harness")
-def test_watch_labels_announces_a_drop_once_and_import_refuses_a_bad_file_whole(served_env):
+def test_watch_labels_announces_a_drop_once_and_import_refuses_a_bad_file_whole(served_env, monkeypatch):
     from prefect.artifacts import Artifact
 
     from activeflow.flows.import_and_retrain import import_and_retrain_flow
@@ -159,11 +163,24 @@ def test_watch_labels_announces_a_drop_once_and_import_refuses_a_bad_file_whole(
         import_and_retrain_flow(batch.batch_id, uri, RetrainOptions(retrain=False))
     assert Catalog(store).read("labels")[0].num_rows == 0
     report = Artifact.get("label-import")
+    # The event names the bytes it announced: a file changed since is refused whole.
+    with pytest.raises(LabelFileError, match="changed since it was announced"):
+        import_and_retrain_flow(batch.batch_id, uri, RetrainOptions(retrain=False), sha256="0" * 64)
     assert "refused" in report.data and "**nothing was written**" in report.data and uri in report.data
 
     answers = "id,label\n" + "".join(f"{sid},cat\n" for sid in load_state(store).batches[batch.batch_id].sample_ids)
-    (served_env / "answers.csv").write_text(answers)
-    result = import_and_retrain_flow(batch.batch_id, str(served_env / "answers.csv"), RetrainOptions(retrain=False))
+    (served_env / "exports").mkdir()
+    (served_env / "exports" / "answers.csv").write_text(answers)
+    # Whoever can start a run names the file: outside the store and the allowed roots,
+    # nothing is read, and the refusal does not echo what is there.
+    for outside in (str(served_env / "exports" / "answers.csv"), f"{store.url('incoming-labels')}/../../exports/answers.csv"):
+        with pytest.raises(SourceError, match="outside the store and labelling.allowed_label_roots"):
+            import_and_retrain_flow(batch.batch_id, outside, RetrainOptions(retrain=False))
+        assert "sample_id" not in Artifact.get("label-import").data
+    assert Catalog(store).read("labels")[0].num_rows == 0
+
+    monkeypatch.setenv("ACTIVEFLOW_LABELLING__ALLOWED_LABEL_ROOTS", json.dumps([str(served_env / "exports")]))
+    result = import_and_retrain_flow(batch.batch_id, str(served_env / "exports" / "answers.csv"), RetrainOptions(retrain=False))
     assert result.labels.imported == 3 and result.retrain is None
     assert result.note == "retrain switched off for this run"
     assert "| accepted (new labels written) | **3** |" in Artifact.get("label-import").data

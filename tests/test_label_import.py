@@ -194,3 +194,24 @@ def test_tasks_without_labels_leave_the_batch_open(batch):
     assert (report.imported, report.unlabelled) == (0, [ids[0]])
     assert batch_id in load_state(store).open_batches
     assert imports_committed(store) == 0
+
+
+def test_label_locations_outside_the_allowed_roots_are_refused(tmp_path):
+    from activeflow.sources import SourceError, check_within_roots
+
+    root = tmp_path / "exports"
+    root.mkdir()
+    (root / "b1.csv").write_text("id,label\n")
+    (root / "escape.csv").symlink_to("/etc/passwd")
+    check_within_roots(str(root / "b1.csv"), [str(root)])
+    check_within_roots("s3://bucket/exports/b1.json", ["s3://bucket/exports"])
+    for outside in (
+        str(root / "escape.csv"),  # a symlink leads out
+        str(root / ".." / "b1.csv"),
+        "/etc/passwd",
+        "s3://bucket/exports-other/b1.json",  # a prefix of the name is not the folder
+        "s3://bucket/exports/../secrets/b1.json",
+        "s3://other/exports/b1.json",
+    ):
+        with pytest.raises(SourceError, match="outside the store and labelling.allowed_label_roots"):
+            check_within_roots(outside, [str(root), "s3://bucket/exports"])

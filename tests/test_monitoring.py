@@ -27,7 +27,7 @@ from activeflow.pool import (
     promotion_key,
 )
 from activeflow.settings import SettingsError, load_settings
-from activeflow.store import LocalStore, put_json
+from activeflow.store import LocalStore, open_store, put_json
 
 
 def test_new_core_modules_import_without_prefect():
@@ -101,15 +101,26 @@ def test_cold_start_summary_says_there_is_no_model_yet(tmp_path):
     assert "No model yet" in text and "No predictions" in text
 
 
-def test_batch_rows_link_each_image(tmp_path):
+def test_batch_rows_name_each_image(tmp_path):
     store = LocalStore(tmp_path)
     manifest, state = _state_after_batch(tmp_path)
     rows = monitoring.batch_rows(store, manifest, state)
     assert [r["rank"] for r in rows] == [1, 2, 3, 4]
     assert rows[0] == {
         "rank": 1, "sample": "s1", "score": 0.9, "predicted": "cat", "confidence": 0.55,
-        "source": "/in/s1.png", "image": (tmp_path / "samples/s1/s1.png").as_uri(),
+        "source": "/in/s1.png", "image": str(tmp_path / "samples/s1/s1.png"),
     }
+
+
+@pytest.mark.s3
+def test_batch_rows_name_s3_images_without_signing_them(tmp_path, s3_storage):
+    # Everyone who can open the Prefect UI sees the artifact: a presigned link there would
+    # hand out the access key id and a working signature for days.
+    manifest, state = _state_after_batch(tmp_path)
+    rows = monitoring.batch_rows(open_store(s3_storage), manifest, state)
+    bucket = s3_storage.uri.removeprefix("s3://").split("/")[0]
+    assert rows[0]["image"] == f"s3://{bucket}/some/prefix/samples/s1/s1.png"
+    assert not any("X-Amz" in str(row) or "Signature" in str(row) for row in rows)
 
 
 def test_an_empty_run_says_why(tmp_path):

@@ -39,6 +39,7 @@ class Production:
         self.digits = digits
         self.batches = batches  # two cold-start batches exported before serving
         self.store = open_store(settings.storage)
+        self.exports = Path(settings.storage.uri).parent / "exports"
 
     def run_deployment(self, flow_name: str, parameters: dict | None = None) -> dict:
         deployment = self.server.deployment(flow_name, "activeflow")
@@ -85,6 +86,7 @@ def production(tmp_path_factory) -> Production:
         "ACTIVEFLOW_SCHEDULE__SOURCE": str(digits.arrivals[1]),
         "ACTIVEFLOW_SCHEDULE__WATCH_INTERVAL_SECONDS": "3600",
         "ACTIVEFLOW_SCHEDULE__MAX_WORKERS": "2",
+        "ACTIVEFLOW_LABELLING__ALLOWED_LABEL_ROOTS": json.dumps([str(root / "exports")]),
     }
     settings = load_settings(
         storage={"uri": str(root / "store")}, data={"classes": digits.classes}, budget={"per_run": 10}
@@ -151,9 +153,9 @@ def test_serve_registers_the_cron_schedule_trigger_and_run_form(production):
     assert trigger["enabled"] is True
 
 
-def test_import_and_retrain_started_by_hand_through_the_cli(production, tmp_path):
+def test_import_and_retrain_started_by_hand_through_the_cli(production):
     server, batch_id = production.server, production.batches[0]
-    answers = production.answers(batch_id, tmp_path / "export.csv")
+    answers = production.answers(batch_id, production.exports / "export.csv")  # an allowed root
 
     cli = subprocess.run(
         [str(BIN / "prefect"), "deployment", "run", "import-and-retrain/activeflow",
@@ -204,7 +206,7 @@ def test_the_scheduled_flow_ingests_scores_and_exports_within_budget(production)
     assert "30 of 100 spent over all batches, **70 remaining**" in summary
     assert "## Predicted classes" in summary
     rows = json.loads(artifacts["batch-samples"]["data"])
-    assert len(rows) == 10 and all(row["image"].startswith("file://") for row in rows)
+    assert len(rows) == 10 and all(row["image"].startswith(production.store.url("samples")) for row in rows)
     assert artifacts["scoring-progress"]["data"] == 100.0
 
 

@@ -67,6 +67,7 @@ def test_missing_config_file_is_named(tmp_path):
         ("ACTIVEFLOW_MODEL__IMAGE_SIZE", "2", "model.image_size"),
         ("ACTIVEFLOW_STORAGE__URI", "s3://ab/prefix", "storage.uri"),
         ("ACTIVEFLOW_DATA__CLASSES", '["cat", "cat"]', "data.classes"),
+        ("ACTIVEFLOW_LABELLING__ALLOWED_LABEL_ROOTS", '["exports"]', "labelling.allowed_label_roots"),
     ],
 )
 def test_invalid_values_fail_naming_the_setting(monkeypatch, env, value, named):

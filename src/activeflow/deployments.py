@@ -56,6 +56,7 @@ def labels_ready_trigger() -> DeploymentEventTrigger:
         parameters={
             "batch_id": "{{ event.payload.batch_id }}",
             "labels_uri": "{{ event.payload.labels_uri }}",
+            "sha256": "{{ event.payload.sha256 }}",
         },
     )
 

@@ -10,6 +10,7 @@ commits first and the other, rerun on the new state, reports the conflict.
 
 from __future__ import annotations
 
+import hashlib
 import re
 from collections.abc import Collection, Iterator
 from pathlib import PurePosixPath
@@ -61,6 +62,21 @@ def import_labels(
         return _import_once(current, settings, batch_id, file_name, content)
 
     return retry_on_conflict(attempt)
+
+
+def check_announced(file_name: str, content: bytes, sha256: str | None) -> None:
+    """Refuse ``content`` unless it is the file that was announced with ``sha256`` (the
+    watcher's event names the bytes it claimed; None or "" when nothing was announced)."""
+    if not sha256:
+        return
+    found = hashlib.sha256(content).hexdigest()
+    if found != sha256:
+        raise LabelFileError(
+            file_name,
+            None,
+            f"changed since it was announced (sha256 {found[:12]}..., announced {sha256[:12]}...); "
+            "nothing imported: the watcher announces the new content on its next poll",
+        )
 
 
 _PLAIN_ID = re.compile(r"[A-Za-z0-9_.:-]+")  # anything else is no sample id of ours

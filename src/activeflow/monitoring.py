@@ -27,7 +27,6 @@ if TYPE_CHECKING:  # training imports TensorFlow; these are only annotations her
     from activeflow.modeling import TrainingHistory
     from activeflow.training import ModelMetrics, PromotionDecision
 
-LINK_EXPIRY_S = 7 * 24 * 3600  # presigned S3 links in artifacts; S3's longest
 
 
 # Batches ------------------------------------------------------------------------------
@@ -123,12 +122,14 @@ def _class_mix_table(manifest: BatchManifest, scores: pa.Table | None) -> str:
 
 
 def batch_rows(store: ObjectStore, manifest: BatchManifest, state: PoolState) -> list[dict[str, object]]:
-    """One row per selected sample, best first, with a link that opens its image."""
+    """One row per selected sample, best first, naming where its image is. A name, not a
+    presigned link: everyone with access to the Prefect UI reads the artifact, and a link
+    would carry the access key id and a working signature (labellers get their links in
+    the batch's export files, for ``labelling.url_expiry_hours``)."""
     rows = []
     keys = state.sample_keys(manifest.sample_ids)
     sources = state.sources(manifest.sample_ids)
     for rank, item in enumerate(manifest.items, start=1):
-        link = store.presigned_url(keys[rank - 1], expires_s=LINK_EXPIRY_S)
         rows.append(
             {
                 "rank": rank,
@@ -137,7 +138,7 @@ def batch_rows(store: ObjectStore, manifest: BatchManifest, state: PoolState) ->
                 "predicted": item.predicted or "",
                 "confidence": "" if item.confidence is None else round(item.confidence, 4),
                 "source": sources[rank - 1],
-                "image": link,
+                "image": store.url(keys[rank - 1]),
             }
         )
     return rows

@@ -270,6 +270,19 @@ class LabellingSettings(_Group):
         description="LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT of the Label Studio serving a local "
         "store's images; defaults to the store root.",
     )
+    allowed_label_roots: list[str] = Field(
+        [],
+        description="Folders or s3://bucket/prefix roots, besides the store itself, that a "
+        "labels_uri given to a deployment run or event may name.",
+    )
+
+    @field_validator("allowed_label_roots")
+    @classmethod
+    def _absolute_roots(cls, roots: list[str]) -> list[str]:
+        for root in roots:
+            if not (root.startswith("s3://") and len(root) > len("s3://")) and not Path(root).is_absolute():
+                raise ValueError(f"{root!r} is neither an absolute folder nor s3://bucket/prefix")
+        return roots
 
 
 class LabelStudioSettings(_Group):

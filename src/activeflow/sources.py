@@ -180,6 +180,27 @@ def iter_tfds_builder(
         yield SourceImage(name=f"{source}/{split}[{index}]", data=buffer.getvalue(), label=label)
 
 
+def check_within_roots(location: str, roots: list[str]) -> None:
+    """Refuse ``location`` (a path or s3:// URI) unless it lies under one of ``roots``.
+
+    Symlinks and ``..`` are resolved first, so neither leads out of a root."""
+    if not any(_within(location, root) for root in roots):
+        raise SourceError(
+            f"{location} is outside the store and labelling.allowed_label_roots, so a "
+            "deployment run or event may not read it; drop the export under the store's "
+            "incoming-labels/ prefix, or add its folder or s3:// prefix to "
+            "labelling.allowed_label_roots"
+        )
+
+
+def _within(location: str, root: str) -> bool:
+    if location.startswith("s3://") or root.startswith("s3://"):
+        prefix = root.rstrip("/") + "/"
+        parts = location.removeprefix("s3://").split("/")
+        return location.startswith(prefix) and ".." not in parts and "." not in parts
+    return Path(os.path.realpath(location)).is_relative_to(os.path.realpath(root))
+
+
 def read_location(location: str, *, storage: StorageSettings | None = None) -> bytes:
     """Bytes of one input file: a local path or ``s3://bucket/key`` (endpoint from ``storage``)."""
     if location.startswith("s3://"):

@@ -22,6 +22,7 @@ def import_and_retrain_flow(
     batch_id: str,
     labels_uri: str,
     options: RetrainOptions = RetrainOptions(),  # noqa: B008
+    sha256: str | None = None,
 ) -> ImportAndRetrainResult:
     """Import a batch's completed labels, then retrain and promote if not worse.
 
@@ -31,10 +32,14 @@ def import_and_retrain_flow(
         labels_uri: The labelling tool's export, a local path or s3://bucket/key:
             Label Studio JSON or JSON-MIN, or CSV with columns id,label.
         options: Overrides of the settings for this run; empty fields follow the settings.
+        sha256: The export's sha256 when an event announced it: other bytes are refused.
     """
     settings = load_settings(**options.overrides())
+    # Anyone who can start a run or send an event names the file: only the store and the
+    # roots the settings allow are read, with the worker's credentials.
+    roots = [settings.storage.uri, *settings.labelling.allowed_label_roots]
     with tags(f"batch:{batch_id}"):
-        report = import_label_file(settings, batch_id, labels_uri)
+        report = import_label_file(settings, batch_id, labels_uri, allowed_roots=roots, sha256=sha256)
         if report.imported == 0 and report.already_imported == 0:
             return ImportAndRetrainResult(labels=report, note="no labels in the file: not retrained")
         if not options.retrain:

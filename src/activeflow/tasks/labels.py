@@ -5,11 +5,11 @@ from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 
 from activeflow import monitoring
-from activeflow.label_import import ImportReport, import_labels
+from activeflow.label_import import ImportReport, check_announced, import_labels
 from activeflow.labelling import LabelFileError
 from activeflow.pool import load_state
 from activeflow.settings import Settings
-from activeflow.sources import SourceError, read_location
+from activeflow.sources import SourceError, check_within_roots, read_location
 from activeflow.store import open_store
 from activeflow.tasks.retry import STORE_RETRIES
 
@@ -20,9 +20,21 @@ from activeflow.tasks.retry import STORE_RETRIES
     cache_policy=NO_CACHE,
     **STORE_RETRIES,
 )
-def import_label_file(settings: Settings, batch_id: str, labels_uri: str) -> ImportReport:
+def import_label_file(
+    settings: Settings,
+    batch_id: str,
+    labels_uri: str,
+    *,
+    allowed_roots: list[str] | None = None,
+    sha256: str | None = None,
+) -> ImportReport:
+    """Import the export at ``labels_uri``; with ``allowed_roots`` only from under them, and
+    with ``sha256`` only the bytes that were announced."""
     try:
+        if allowed_roots is not None:
+            check_within_roots(labels_uri, allowed_roots)
         content = read_location(labels_uri, storage=settings.storage)
+        check_announced(labels_uri, content, sha256)
         store = open_store(settings.storage)
         report = import_labels(store, load_state(store), settings, batch_id, labels_uri, content)
     except (LabelFileError, SourceError) as error:
