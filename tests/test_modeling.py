@@ -111,7 +111,7 @@ def test_tiny_label_sets_get_the_minimum_number_of_updates():
     plan = modeling.plan_training([2] * 10, ModelSettings(head_epochs=10, finetune_epochs=5, min_steps=400))
     assert [(p.name, p.steps) for p in plan.phases] == [("whole", 400)]
     assert (plan.train_size, plan.validation_size, plan.batch_size) == (20, 0, 20)
-    assert "no validation split: the smallest class has 2 labels (< 20)" in plan.validation_note
+    assert "no validation split: the smallest class has 2 labels (< 50)" in plan.validation_note
 
 
 def test_the_minimum_is_split_between_pretrained_phases_by_their_epochs():

@@ -270,7 +270,7 @@ def train(model: keras.Model, x: np.ndarray, y: np.ndarray, settings: ModelSetti
 
     Batches, augmentation and the validation split come from one generator seeded with
     ``settings.seed``, so a retrain is reproducible and independent of other threads' runs.
-    With a validation split the weights of the lowest validation loss are kept, and a phase
+    With a validation split the weights of the best validation accuracy are kept, and a phase
     past its first half stops once that has not improved for ``patience`` evaluations.
     """
     num_classes = model.output_shape[-1]
@@ -390,7 +390,10 @@ def _run_phase(  # noqa: PLR0913 (one phase's whole context)
 
 
 class _BestWeights:
-    """Keeps the weights of the lowest validation loss seen; counts evaluations since."""
+    """Keeps the weights of the best validation accuracy seen, the lower loss breaking ties;
+    counts evaluations since. Accuracy, not loss alone: a network trained from scratch on
+    few labels grows confident as it learns, and the lowest loss was often the untrained
+    plateau (synthetic shapes, 180 labels: 27 % kept by loss, 40 % by accuracy)."""
 
     def __init__(self, model: keras.Model, x: np.ndarray, y: np.ndarray) -> None:
         self.model, self.x, self.y = model, x, y
@@ -403,9 +406,9 @@ class _BestWeights:
     def update(self, step: int) -> int:
         probs = np.clip(predict_proba(self.model, self.x, 256), 1e-12, 1.0)
         loss = float(-np.mean(np.log(probs[np.arange(len(self.y)), self.y])))
-        if loss < self.best_loss:
-            self.best_loss, self.best_step, self.since_best = loss, step, 0
-            self.best_accuracy = float(np.mean(probs.argmax(axis=1) == self.y))
+        accuracy = float(np.mean(probs.argmax(axis=1) == self.y))
+        if (accuracy, -loss) > (self.best_accuracy if self.best_accuracy is not None else -1.0, -self.best_loss):
+            self.best_loss, self.best_accuracy, self.best_step, self.since_best = loss, accuracy, step, 0
             self.weights = [w.copy() for w in self.model.get_weights()]
         else:
             self.since_best += 1

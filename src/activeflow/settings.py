@@ -166,9 +166,10 @@ class ModelSettings(_Group):
         description="Share of each class's labels held out for model selection and early stopping.",
     )
     validation_min_per_class: int = Field(
-        20,
+        50,
         ge=2,
-        description="Hold labels out only once every labelled class has this many.",
+        description="Hold labels out only once every labelled class has this many: below, "
+        "a split costs more training labels than its noisy choice of weights gains.",
     )
     patience: int = Field(
         3, ge=1, description="Validation checks (10 a phase) without improvement before stopping."
