@@ -157,6 +157,20 @@ def test_a_temporary_prefect_server_that_does_not_start_is_a_clear_error(tmp_pat
     assert not (tmp_path / "store").exists()
 
 
+def test_an_expected_failure_is_one_line_and_verbose_brings_prefect_logs_back(tmp_path):
+    """Prefect's per-task logs and its traceback stay off the terminal; -v shows them."""
+    missing = tmp_path / "no-such-folder"
+    command = [Path(sys.executable).parent / "activeflow", "--store", str(tmp_path / "store"), "ingest", str(missing)]
+    quiet = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert (quiet.returncode, quiet.stdout) == (2, "")
+    assert quiet.stderr == f"activeflow ingest: error: source folder {missing} does not exist\n"
+
+    loud = subprocess.run([*command, "-v"], capture_output=True, text=True, timeout=300)
+    assert loud.returncode == 2 and "Beginning flow run" in loud.stderr and "Traceback" in loud.stderr
+    assert f"activeflow ingest: error: source folder {missing} does not exist\n" in loud.stderr
+    assert not (tmp_path / "store" / "catalog").exists()
+
+
 @pytest.mark.skipif(sys.platform != "linux", reason="finds leftover processes through /proc")
 def test_sigterm_stops_a_command_and_its_temporary_server(tmp_path):
     """A command sent SIGTERM (by `timeout`, systemd, Kubernetes) while its temporary
@@ -167,7 +181,7 @@ def test_sigterm_stops_a_command_and_its_temporary_server(tmp_path):
     env = {key: value for key, value in os.environ.items() if not key.startswith("PREFECT_")}
     env["PREFECT_HOME"] = str(home)
     command = subprocess.Popen(
-        [Path(sys.executable).parent / "activeflow", "--store", str(tmp_path / "store"), "ingest",
+        [Path(sys.executable).parent / "activeflow", "-v", "--store", str(tmp_path / "store"), "ingest",
          str(tmp_path / "in")],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
     )

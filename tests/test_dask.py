@@ -103,7 +103,7 @@ def test_local_dask_workers_use_the_commands_temporary_server(tmp_path):
                ACTIVEFLOW_SCORING__RUNNER="dask", ACTIVEFLOW_SCORING__DASK_WORKERS="2")
 
     run = subprocess.run(
-        [Path(sys.executable).parent / "activeflow", "--store", store_uri, "score", "--json"],
+        [Path(sys.executable).parent / "activeflow", "-v", "--store", store_uri, "score", "--json"],
         capture_output=True, text=True, env=env, timeout=600,
     )
 

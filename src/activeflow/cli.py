@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import functools
 import json
 import os
 import signal
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -103,6 +104,8 @@ def _global_options(parser: argparse.ArgumentParser, default: Any) -> None:
                         help="storage.uri: a local folder or s3://bucket/prefix")
     parser.add_argument("--endpoint-url", default=default,
                         help="storage.endpoint_url for non-AWS S3 servers")
+    parser.add_argument("-v", "--verbose", action="store_true", default=default or False,
+                        help="show Prefect's flow and task logs on the terminal")
 
 
 def _json_flag(command: argparse.ArgumentParser) -> None:
@@ -147,7 +150,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     previous = signal.signal(signal.SIGTERM, _stop_on_sigterm)
     try:
         settings = load_settings(args.config, **_overrides(args))
-        result = _run(args, settings)
+        with _prefect_logs(args, restore=argv is not None):
+            result = _run(args, settings)
     except BaseException as error:
         message = _failure_message(error)
         if message is None:
@@ -158,6 +162,61 @@ def main(argv: Sequence[str] | None = None) -> int:
         signal.signal(signal.SIGTERM, previous)  # main() may be called in-process (tests)
     _print(result, as_json=getattr(args, "json", False))
     return _warnings(result)
+
+
+@contextlib.contextmanager
+def _prefect_logs(args: argparse.Namespace, *, restore: bool) -> Iterator[None]:
+    """Keep Prefect's per-task logs and tracebacks off the terminal (the command prints its
+    result, or one line for an expected failure); ``-v`` brings them back. The demo and the
+    benchmark keep them in ``activeflow.log`` in their output folder. `serve` is a service:
+    its logs stay on the terminal. (The Prefect UI gets every log either way.) ``restore``
+    for calls in-process (tests); a command leaves the terminal quiet, as the temporary
+    server logs its shutdown from an exit handler, after main() returned."""
+    if args.command in ("status", "migrate", "serve") or args.verbose:
+        yield
+        return
+    import logging
+
+    import prefect.main  # noqa: F401  (sets up Prefect's logging; `import prefect` is lazy)
+    from prefect.logging.handlers import PrefectConsoleHandler
+
+    root = logging.getLogger()
+    consoles = [h for h in root.handlers if isinstance(h, PrefectConsoleHandler)]
+    levels = [h.level for h in consoles]
+    log_file = None
+    if args.command in ("demo", "benchmark"):
+        _prepare_out_folder(args.command, Path(args.out))  # refuses a folder it did not make
+        log_file = logging.FileHandler(Path(args.out) / "activeflow.log")
+        log_file.setFormatter(consoles[0].formatter if consoles else logging.Formatter())
+        root.addHandler(log_file)
+    for handler in consoles:
+        handler.setLevel(logging.CRITICAL + 1)
+    shown = logging.StreamHandler(sys.stderr)  # what a long command says as it goes
+    shown.setFormatter(logging.Formatter("%(message)s"))
+    progress = logging.getLogger("activeflow.progress")
+    progress.setLevel(logging.INFO)
+    progress.addHandler(shown)
+    try:
+        yield
+    finally:
+        progress.removeHandler(shown)
+        if log_file is not None:
+            root.removeHandler(log_file)
+            log_file.close()
+        if restore:
+            for handler, level in zip(consoles, levels, strict=True):
+                handler.setLevel(level)
+
+
+def _prepare_out_folder(command: str, out: Path) -> None:
+    if command == "demo":
+        from activeflow.demo_data import prepare_demo_folder
+
+        prepare_demo_folder(out)
+    else:
+        from activeflow.label_efficiency import prepare_out_folder
+
+        prepare_out_folder(out)
 
 
 _stopped_by: list[int] = []  # the signal that stopped this command, once one has
@@ -292,6 +351,9 @@ def _demo(args: argparse.Namespace, settings: Settings) -> Any:
     from activeflow.demo_data import demo_settings
     from activeflow.flows.demo import demo_flow
 
+    logs = "shown above" if args.verbose else f"in {Path(args.out) / 'activeflow.log'} (-v shows them here)"
+    print(f"activeflow demo: margin against random, {args.rounds} rounds of {args.budget} labels "
+          f"each; about 5 to 10 minutes on 2 cores. Prefect's logs are {logs}.", file=sys.stderr)
     result = demo_flow(
         demo_settings(settings, per_run=args.budget), out=args.out, rounds=args.rounds
     )

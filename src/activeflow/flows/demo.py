@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 from prefect import flow, task
@@ -16,6 +17,10 @@ from activeflow.settings import SelectorName, Settings
 from activeflow.tasks.ingest import ingest_source
 from activeflow.tasks.simulation import load_ground_truth
 from activeflow.training import PromotionDecision
+
+
+# Each round's result as it completes; the CLI shows this logger on the terminal.
+progress = logging.getLogger("activeflow.progress")
 
 
 class DemoResult(BaseModel):
@@ -36,9 +41,12 @@ def write_demo_report(out: str, points: list[CurvePoint]) -> dict[str, str]:
 
 
 def _point(strategy: str, number: int, decision: PromotionDecision) -> CurvePoint:
-    return CurvePoint(
+    point = CurvePoint(
         strategy=strategy, round=number, labels=decision.labels_used, accuracy=decision.accuracy
     )
+    progress.info("%-8s round %d: %3d labels, test accuracy %.1f %%", strategy, number, point.labels,
+                  100 * point.accuracy)
+    return point
 
 
 @flow(name="demo", task_runner=ThreadPoolTaskRunner(max_workers=SCORING_WORKERS))
