@@ -33,6 +33,21 @@ def _worker_init() -> None:
     # One TensorFlow thread per worker: the workers are the parallelism.
     os.environ["TF_NUM_INTRAOP_THREADS"] = "1"
     os.environ["TF_NUM_INTEROP_THREADS"] = "1"
+    _die_with_parent()
+
+
+def _die_with_parent() -> None:
+    """A worker outlived a benchmark stopped with SIGTERM (`kill`, `timeout`) and trained on
+    for 20 minutes, orphaned: on Linux, ask the kernel to end it with its parent."""
+    if sys.platform != "linux":
+        return
+    import ctypes
+    import signal
+
+    pr_set_pdeathsig = 1
+    ctypes.CDLL("libc.so.6", use_errno=True).prctl(pr_set_pdeathsig, signal.SIGKILL)
+    if os.getppid() == 1:  # the parent died before the request
+        os._exit(1)
 
 
 def _run(spec_json: str) -> list[dict]:
