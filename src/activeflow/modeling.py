@@ -203,12 +203,10 @@ def plan_training(labels_per_class: Sequence[int], settings: ModelSettings) -> T
     per_epoch = math.ceil(train_size / batch)
     epochs = settings.head_epochs + settings.finetune_epochs
 
-    def floor(phase_epochs: int) -> int:
-        return math.ceil(settings.min_steps * phase_epochs / epochs)
-
     def phase(name: str, phase_epochs: int, rate: float, trainable: bool) -> TrainingPhase:
-        return TrainingPhase(name=name, steps=max(phase_epochs * per_epoch, floor(phase_epochs)),
-                             min_steps=floor(phase_epochs), learning_rate=rate, backbone_trainable=trainable)
+        least = math.ceil(settings.min_steps * phase_epochs / epochs)
+        return TrainingPhase(name=name, steps=max(phase_epochs * per_epoch, least), min_steps=least,
+                             learning_rate=rate, backbone_trainable=trainable)
 
     if settings.weights is None:
         phases = [phase("whole", epochs, settings.head_learning_rate, True)]
@@ -397,18 +395,21 @@ class _BestWeights:
 
     def __init__(self, model: keras.Model, x: np.ndarray, y: np.ndarray) -> None:
         self.model, self.x, self.y = model, x, y
-        self.best_loss = math.inf
-        self.best_accuracy: float | None = None
+        self.best = (-math.inf, -math.inf)  # (accuracy, -loss): higher is better
         self.best_step: int | None = None
         self.weights: list[np.ndarray] | None = None
         self.since_best = 0
+
+    @property
+    def best_accuracy(self) -> float | None:
+        return self.best[0] if self.best_step is not None else None
 
     def update(self, step: int) -> int:
         probs = np.clip(predict_proba(self.model, self.x, 256), 1e-12, 1.0)
         loss = float(-np.mean(np.log(probs[np.arange(len(self.y)), self.y])))
         accuracy = float(np.mean(probs.argmax(axis=1) == self.y))
-        if (accuracy, -loss) > (self.best_accuracy if self.best_accuracy is not None else -1.0, -self.best_loss):
-            self.best_loss, self.best_accuracy, self.best_step, self.since_best = loss, accuracy, step, 0
+        if (accuracy, -loss) > self.best:
+            self.best, self.best_step, self.since_best = (accuracy, -loss), step, 0
             self.weights = [w.copy() for w in self.model.get_weights()]
         else:
             self.since_best += 1

@@ -28,7 +28,6 @@ if TYPE_CHECKING:  # training imports TensorFlow; these are only annotations her
     from activeflow.training import ModelMetrics, PromotionDecision
 
 
-
 # Batches ------------------------------------------------------------------------------
 
 
