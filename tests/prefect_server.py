@@ -58,6 +58,10 @@ class Process:
             try:
                 self.process.wait(timeout_s)
             except subprocess.TimeoutExpired:
+                # Where it is stuck, into its log, for the failure message (`activeflow
+                # serve` prints its threads' stacks on SIGUSR1).
+                self.process.send_signal(signal.SIGUSR1)
+                time.sleep(2)
                 self.process.kill()
                 self.process.wait()
         return self.process.returncode

@@ -7,6 +7,7 @@ from __future__ import annotations
 import csv
 import json
 import re
+import signal
 import subprocess
 import time
 from pathlib import Path
@@ -236,8 +237,15 @@ def test_watch_labels_imports_a_dropped_export_exactly_once(production, tmp_path
     assert len(state.batch_labels[batch_id]) == 10 and batch_id not in state.open_batches
 
 
+def test_serve_says_where_each_thread_is_on_sigusr1(production):
+    production.serve.process.send_signal(signal.SIGUSR1)
+    wait_for(lambda: b"(most recent call first)" in production.serve.log.read_bytes(), 30,
+             "serve to print its threads' stacks")
+    assert production.serve.process.poll() is None  # and it keeps serving
+
+
 def test_stopping_serve_leaves_the_schedules_active(production):
-    assert production.serve.stop() == 0
+    assert production.serve.stop() == 0, production.serve.log_tail(150)
     assert b"stopped serving" in production.serve.log.read_bytes()
     for flow_name in ("ingest-score-export", "watch-labels"):
         deployment = production.server.deployment(flow_name, "activeflow")

@@ -18,8 +18,10 @@ active (``pause_on_shutdown=False``), so the next ``serve`` picks them up where 
 from __future__ import annotations
 
 import asyncio
+import faulthandler
 import json
 import os
+import signal
 from datetime import timedelta
 from typing import Any
 
@@ -153,7 +155,11 @@ def serve_deployments(settings: Settings) -> None:
     for flow, options in specs:
         runner.add_flow(flow, name=DEPLOYMENT_NAME, **options)
     names = ", ".join(f"{flow.name}/{DEPLOYMENT_NAME}" for flow, _ in specs)
-    print(f"Serving {names} from {api_url}; Ctrl-C stops (the schedules stay active).", flush=True)
+    # A service that will not stop or answer must say where it is stuck: SIGUSR1 prints
+    # every thread's stack to stderr, even while the main thread is blocked in C code.
+    faulthandler.register(signal.SIGUSR1, all_threads=True)
+    print(f"Serving {names} from {api_url}; Ctrl-C stops (the schedules stay active); "
+          f"`kill -USR1 {os.getpid()}` prints where each thread is.", flush=True)
     try:
         asyncio.run(runner.start())
     except (KeyboardInterrupt, TerminationSignal):
