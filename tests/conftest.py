@@ -1,4 +1,4 @@
-"""Shared fixtures. Servers are real and start once per session (see DESIGN.md)."""
+"""Shared fixtures. Servers are real and start once per session."""
 
 from __future__ import annotations
 
@@ -13,6 +13,14 @@ from s3_server import DUMMY_CREDENTIALS, s3_client, start_seaweedfs
 from activeflow.settings import StorageSettings
 
 _bucket_numbers = itertools.count()
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Every test that starts SeaweedFS is marked ``s3``, whether or not it says so, so
+    ``-m "not s3"`` really runs without the server."""
+    for item in items:
+        if "s3_endpoint" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.s3)
 
 
 @pytest.fixture(scope="session")
