@@ -134,8 +134,12 @@ def test_batch_files_for_labellers(store):
         f"samples/{manifest.sample_ids[0][:2]}/{manifest.sample_ids[0]}.png")
     rows = list(csv.DictReader(io.StringIO(store.get(f"batches/{result.batch_id}/tasks.csv").decode())))
     assert [r["id"] for r in rows] == manifest.sample_ids
-    assert list(rows[0]) == ["id", "image", "predicted", "score", "confidence"]
+    assert list(rows[0]) == ["id", "image", "predicted", "score", "confidence", "source"]
     assert all(r["image"].startswith("file://") for r in rows)  # openable from a spreadsheet
+    # Labellers and their tools know images by the names they had before ingest.
+    sources = state.sources(manifest.sample_ids)
+    assert [r["source"] for r in rows] == sources and all(sources)
+    assert [t["data"]["source"] for t in tasks] == sources
     assert set(result.files) == {"label_studio", "csv"}
     assert result.files["csv"].endswith(f"batches/{result.batch_id}/tasks.csv")
 

@@ -209,7 +209,7 @@ def test_label_studio_tasks_follow_the_task_import_format():
 
     assert tasks == [
         {
-            "data": {"image": f"https://img/{A}.png", "sample_id": A, "batch_id": "batch-0001"},
+            "data": {"image": f"https://img/{A}.png", "sample_id": A, "batch_id": "batch-0001", "source": ""},
             "predictions": [
                 {
                     "model_version": "v3",
@@ -225,7 +225,7 @@ def test_label_studio_tasks_follow_the_task_import_format():
                 }
             ],
         },
-        {"data": {"image": f"https://img/{B}.png", "sample_id": B, "batch_id": "batch-0001"}},
+        {"data": {"image": f"https://img/{B}.png", "sample_id": B, "batch_id": "batch-0001", "source": ""}},
     ]
 
 
@@ -283,10 +283,10 @@ def test_config_refuses_no_or_repeated_classes(classes):
 def test_batch_csv_header_is_exact_and_rows_round_trip():
     content = batch_csv(ITEMS)
 
-    assert content.decode("utf-8").splitlines()[0] == "id,image,predicted,score,confidence"
+    assert content.decode("utf-8").splitlines()[0] == "id,image,predicted,score,confidence,source"
     rows = list(csv.reader(io.StringIO(content.decode("utf-8"))))
-    assert rows[1] == [A, f"https://img/{A}.png", "cat", "0.9", "0.4"]
-    assert rows[2] == [B, f"https://img/{B}.png", "", "0.7", ""]
+    assert rows[1] == [A, f"https://img/{A}.png", "cat", "0.9", "0.4", ""]
+    assert rows[2] == [B, f"https://img/{B}.png", "", "0.7", "", ""]
     assert len(rows) == 3
 
 
@@ -300,6 +300,7 @@ def test_batch_csv_quotes_commas_and_keeps_unicode():
         "predicted": "chat noir é",
         "score": "",
         "confidence": "",
+        "source": "",
     }
 
 

@@ -108,7 +108,9 @@ def write_batch(
         items=items,
         request_id=request_id,
     )
-    files = _labellers_files(store, settings, manifest, state.sample_keys(manifest.sample_ids))
+    files = _labellers_files(
+        store, settings, manifest, state.sample_keys(manifest.sample_ids), state.sources(manifest.sample_ids)
+    )
     for name, content in files.items():  # all made before any is written
         store.put(batch_file_key(manifest.batch_id, name), content)
     try:
@@ -121,7 +123,7 @@ def write_batch(
 
 
 def _labellers_files(
-    store: ObjectStore, settings: Settings, manifest: BatchManifest, keys: list[str]
+    store: ObjectStore, settings: Settings, manifest: BatchManifest, keys: list[str], sources: list[str]
 ) -> dict[str, bytes]:
     expiry = settings.labelling.url_expiry_hours * 3600
 
@@ -133,8 +135,9 @@ def _labellers_files(
                 predicted=item.predicted,
                 score=item.score,
                 confidence=item.confidence,
+                source=source,
             )
-            for item, key in zip(manifest.items, keys, strict=True)
+            for item, key, source in zip(manifest.items, keys, sources, strict=True)
         ]
 
     return {

@@ -54,7 +54,7 @@ from pydantic import BaseModel, ConfigDict
 # also the key JSON-MIN and CSV exports use for its value.
 IMAGE_TAG = "image"
 CHOICES_TAG = "label"
-CSV_HEADER = ("id", "image", "predicted", "score", "confidence")
+CSV_HEADER = ("id", "image", "predicted", "score", "confidence", "source")
 
 
 # --------------------------------------------------------------------------- export
@@ -68,6 +68,7 @@ class BatchItem(BaseModel):
     predicted: str | None = None
     score: float | None = None  # the strategy's informativeness score
     confidence: float | None = None  # the model's top probability
+    source: str = ""  # where the image came from before ingest: the name labellers know
 
 
 def label_studio_tasks(
@@ -79,7 +80,8 @@ def label_studio_tasks(
     tasks = []
     for item in items:
         task: dict[str, Any] = {
-            "data": {IMAGE_TAG: item.image_url, "sample_id": item.sample_id, "batch_id": batch_id}
+            "data": {IMAGE_TAG: item.image_url, "sample_id": item.sample_id, "batch_id": batch_id,
+                     "source": item.source}
         }
         if item.predicted is not None:
             prediction: dict[str, Any] = {}
@@ -124,8 +126,8 @@ def _xml_attr(value: str) -> str:
 
 
 def batch_csv(items: Sequence[BatchItem]) -> bytes:
-    """The batch as CSV (UTF-8) with header ``id,image,predicted,score,confidence``; empty
-    cells for missing values. Labellers add a ``label`` column and send it back."""
+    """The batch as CSV (UTF-8) with header ``id,image,predicted,score,confidence,source``;
+    empty cells for missing values. Labellers add a ``label`` column and send it back."""
     out = io.StringIO(newline="")
     writer = csv.writer(out, lineterminator="\n")
     writer.writerow(CSV_HEADER)
@@ -137,6 +139,7 @@ def batch_csv(items: Sequence[BatchItem]) -> bytes:
                 "" if item.predicted is None else item.predicted,
                 "" if item.score is None else repr(item.score),
                 "" if item.confidence is None else repr(item.confidence),
+                item.source,
             ]
         )
     return out.getvalue().encode("utf-8")
