@@ -111,6 +111,14 @@ def test_core_modules_import_without_prefect():
     subprocess.run([sys.executable, "-c", code], check=True)
 
 
+def test_commands_that_run_no_model_do_not_import_tensorflow():
+    # TensorFlow costs several seconds of every command's start-up; ingest and a score-based
+    # export never run a model.
+    code = ("import sys\nimport activeflow.flows.ingest, activeflow.flows.export_batch, activeflow.cli\n"
+            "assert not {'keras', 'tensorflow'} & set(sys.modules), 'TensorFlow was imported'")
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
 def test_split_without_labelled_is_refused_before_writing(tmp_path, capsys):
     write_labelled_tree(tmp_path / "test", {"cat": 1, "dog": 1})
     store = tmp_path / "store"

@@ -29,6 +29,7 @@ from pydantic import BaseModel
 
 from activeflow.settings import AugmentSettings, ModelSettings
 from activeflow.store import ObjectStore, iter_many
+from activeflow.training_history import PhaseReport, TrainingHistory
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # keep TensorFlow's C++ chatter out of logs
 # With a GPU, TensorFlow takes all its memory by default; Dask workers sharing one GPU (and
@@ -240,27 +241,6 @@ def _validation_size(counts: Sequence[int], settings: ModelSettings) -> int:
 def _held_out(count: int, fraction: float) -> int:
     """Validation labels taken from a class of ``count`` labels (the plan and the split agree)."""
     return max(1, round(count * fraction))
-
-
-class PhaseReport(BaseModel):
-    name: str
-    steps_planned: int
-    steps_run: int
-    learning_rate: float
-    backbone_trainable: bool
-
-
-class TrainingHistory(BaseModel):
-    head_loss: list[float]  # mean training loss per evaluation interval, first phase
-    finetune_loss: list[float]  # the same, fine-tuning phase (empty without one)
-    phases: list[PhaseReport] = []
-    train_size: int = 0
-    validation_size: int = 0
-    validation_note: str = ""
-    validation_accuracy: float | None = None  # of the kept weights
-    best_step: int | None = None  # step (over all phases) of the kept weights, with validation
-    stopped_early: bool = False
-    class_weights: list[float] | None = None  # per class index, when labels are imbalanced
 
 
 def train(model: keras.Model, x: np.ndarray, y: np.ndarray, settings: ModelSettings) -> TrainingHistory:

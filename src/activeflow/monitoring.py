@@ -19,13 +19,13 @@ from activeflow.reporting import CurvePoint
 from activeflow.store import ObjectStore, get_json
 from activeflow.strategies import CRITERIA
 
-if TYPE_CHECKING:  # training imports TensorFlow; these are only annotations here
+if TYPE_CHECKING:  # only annotations here
     import pyarrow as pa
 
     from activeflow.label_drops import DropScan
     from activeflow.label_import import ImportReport
-    from activeflow.modeling import TrainingHistory
     from activeflow.training import ModelMetrics, PromotionDecision
+    from activeflow.training_history import TrainingHistory
 
 
 # Batches ------------------------------------------------------------------------------

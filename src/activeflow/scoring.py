@@ -31,7 +31,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from pydantic import BaseModel
 
-from activeflow import modeling, strategies
+from activeflow import strategies  # modeling (TensorFlow, seconds to import) only where a model runs
 from activeflow.pool import PoolState, model_key, new_id, sort_ids
 from activeflow.settings import Settings
 from activeflow.store import ObjectStore, get_json, put_json_if_absent
@@ -99,6 +99,8 @@ _MODELS_LOCK = threading.Lock()
 
 def _loaded_model(store: ObjectStore, version: str) -> tuple[object, threading.Lock]:
     """Load each model version once per process, however many shards it scores."""
+    from activeflow import modeling
+
     key = (store.uri, version)
     with _MODELS_LOCK:
         if key not in _MODELS:
@@ -119,6 +121,8 @@ def score_shard(
 
     Images are fetched and decoded by ``store.max_concurrency`` threads while the model
     works on the chunk before, so neither the store's latency nor decoding waits on it."""
+    from activeflow import modeling
+
     model, lock = _loaded_model(store, model_version)
     needs = strategies.REQUIREMENTS[settings.strategy.name]
     passes = settings.strategy.mc_passes if "mc_probs" in needs else 0
@@ -221,6 +225,8 @@ def predict_classes(
     store: ObjectStore, settings: Settings, model_version: str, keys: Sequence[str]
 ) -> np.ndarray:
     """Predicted class indices [len(keys)] of the samples at ``keys`` under a model."""
+    from activeflow import modeling
+
     model, lock = _loaded_model(store, model_version)
     pixels = modeling.load_pixels(store, keys, settings.model.image_size)
     with lock:
@@ -232,6 +238,8 @@ def embed_samples(
     store: ObjectStore, settings: Settings, model_version: str, keys: Sequence[str]
 ) -> np.ndarray:
     """Penultimate-layer embeddings [len(keys), d] of the samples at ``keys`` under a model."""
+    from activeflow import modeling
+
     model, lock = _loaded_model(store, model_version)
     pixels = modeling.load_pixels(store, keys, settings.model.image_size)
     with lock:

@@ -11,7 +11,6 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 from pydantic import BaseModel
 
-from activeflow import modeling
 from activeflow.pool import (
     PoolState,
     Promotion,
@@ -24,6 +23,10 @@ from activeflow.pool import (
 )
 from activeflow.settings import Settings, required_classes
 from activeflow.store import ObjectStore, get_json, put_json_if_absent
+from activeflow.training_history import TrainingHistory
+
+# modeling (TensorFlow, seconds to import) only in the functions that train: reading a
+# model's metrics must not pay for it.
 
 
 class TrainingError(ValueError):
@@ -53,7 +56,7 @@ class ModelMetrics(BaseModel):
     confusion_matrix: list[list[int]]
     labels_used: int
     test_size: int
-    history: modeling.TrainingHistory
+    history: TrainingHistory
     model_settings: dict[str, object]
     # Older metrics files have neither: their gate compared with the champion only.
     chance_accuracy: float | None = None  # share of the most common class in the test set
@@ -82,6 +85,8 @@ def load_examples(
     image_size: int,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Pixels [n, size, size, 3] and class indices [n] for labelled sample ids."""
+    from activeflow import modeling
+
     index = {name: i for i, name in enumerate(classes)}
     unknown = sorted({label for label in labels.values() if label not in index})
     if unknown:
@@ -94,6 +99,8 @@ def load_examples(
 
 def train_candidate(store: ObjectStore, state: PoolState, settings: Settings) -> ModelMetrics:
     """Train on all training labels, evaluate on the test set, store model and metrics."""
+    from activeflow import modeling
+
     classes = required_classes(settings)
     if not state.labelled:
         raise TrainingError("no training labels yet: ingest a labelled seed set or import labels")
