@@ -128,6 +128,23 @@ def test_split_without_labelled_is_refused_before_writing(tmp_path, capsys):
     assert not store.exists()
 
 
+def test_a_pool_image_ingested_again_as_a_test_image_exits_1_naming_it(tmp_path, capsys):
+    write_image(tmp_path / "pool" / "a.png", 1)
+    write_image(tmp_path / "test" / "cat" / "a.png", 1)
+    store = str(tmp_path / "store")
+    assert run_cli(capsys, "--store", store, "ingest", str(tmp_path / "pool"))[0] == 0
+
+    code, out, err = run_cli(capsys, "--store", store, "ingest", str(tmp_path / "test"),
+                             "--labelled", "--split", "test", "--json")
+
+    assert code == 1
+    assert json.loads(out)["new"] == 0
+    assert err.strip() == (
+        f"activeflow: warning: 1 image was not ingested: {tmp_path / 'test' / 'cat' / 'a.png'}: "
+        "already in the store as a pool image (no label); left there, not added to the test split"
+    )
+
+
 def test_status_of_a_store_that_does_not_exist_is_an_error(tmp_path, capsys):
     code, out, err = run_cli(capsys, "--store", str(tmp_path / "typo"), "status")
     assert code == 2 and out == ""

@@ -354,3 +354,32 @@ def test_concurrent_reads_stay_a_few_images_ahead_of_the_chunk(tmp_path, small_c
     assert report.new == 40
     # The first chunk (7) is read before anything is written, plus at most 4 read ahead.
     assert 7 <= reads_before_first_write[0] <= 7 + 4
+
+
+def test_an_image_already_in_the_pool_is_not_silently_kept_there_by_a_labelled_ingest(store, tmp_path):
+    """Re-ingesting a pool image as a labelled test image would otherwise count as a plain
+    duplicate: its label dropped, the held-out image still selectable."""
+    write_image(tmp_path / "pool" / "a.png", 1)
+    write_image(tmp_path / "pool" / "b.png", 2)
+    ingest(store, tmp_path / "pool")
+    write_image(tmp_path / "test" / "cat" / "same-as-a.png", 1)
+    write_image(tmp_path / "test" / "dog" / "new.png", 3)
+
+    report = ingest(store, tmp_path / "test", split="test", classes=["cat", "dog"])
+
+    assert (report.new, report.duplicate) == (1, 0)
+    assert report.conflicts == [
+        f"{tmp_path / 'test' / 'cat' / 'same-as-a.png'}: already in the store as a pool image "
+        "(no label); left there, not added to the test split"
+    ]
+    state = load_state(store)
+    assert state.test == {content_id((tmp_path / "test" / "dog" / "new.png").read_bytes()): "dog"}
+    assert content_id((tmp_path / "pool" / "a.png").read_bytes()) in state.unlabelled.to_pylist()
+
+
+def test_the_same_labelled_image_ingested_again_is_a_plain_duplicate(store, tmp_path):
+    write_labelled_tree(tmp_path / "train", {"cat": 1, "dog": 1})
+    write_labelled_tree(tmp_path / "copy", {"cat": 1, "dog": 1})
+    ingest(store, tmp_path / "train", split="train", classes=["cat", "dog"])
+    report = ingest(store, tmp_path / "copy", split="train", classes=["cat", "dog"])
+    assert (report.new, report.duplicate, report.conflicts) == (0, 2, [])

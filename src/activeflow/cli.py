@@ -251,19 +251,22 @@ def _failure_message(error: BaseException) -> str | None:
 
 def _warnings(result: Any) -> int:
     """1, with what to look at on stderr, when a command did its work but some of the
-    input could not be used as given (a changed label is never overwritten)."""
+    input could not be used as given (a changed label is never overwritten, an image
+    already in the store is never moved)."""
     conflicts = getattr(result, "conflicts", None)
     if not conflicts:
         return 0
-    shown = "; ".join(f"{c.sample_id} is {c.imported!r}, the file says {c.offered!r}" for c in conflicts[:5])
-    more = f" (and {len(conflicts) - 5} more)" if len(conflicts) > 5 else ""
-    what = "label conflicts" if len(conflicts) == 1 else "labels conflict"
-    were = "was" if len(conflicts) == 1 else "were"
-    print(
-        f"activeflow: warning: {len(conflicts)} {what} with what was imported before and "
-        f"{were} not written: {shown}{more}",
-        file=sys.stderr,
-    )
+    if isinstance(conflicts[0], str):  # ingest: each says what and why
+        lines = conflicts
+        what = "image was" if len(conflicts) == 1 else "images were"
+        head = f"{len(conflicts)} {what} not ingested"
+    else:
+        lines = [f"{c.sample_id} is {c.imported!r}, the file says {c.offered!r}" for c in conflicts]
+        what = "label conflicts" if len(conflicts) == 1 else "labels conflict"
+        were = "was" if len(conflicts) == 1 else "were"
+        head = f"{len(conflicts)} {what} with what was imported before and {were} not written"
+    more = f" (and {len(lines) - 5} more)" if len(lines) > 5 else ""
+    print(f"activeflow: warning: {head}: {'; '.join(lines[:5])}{more}", file=sys.stderr)
     return 1
 
 

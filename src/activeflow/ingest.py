@@ -53,6 +53,9 @@ class IngestReport(BaseModel):
     unchanged: int = 0  # source objects read by an earlier ingest, unchanged since: not read
     quarantined: int = 0
     quarantine_reasons: list[str] = []
+    # Images already in the store under another split or label: left as they are, never
+    # silently counted as duplicates (a pool image re-ingested as a test image, say).
+    conflicts: list[str] = []
 
 
 def content_id(data: bytes) -> str:
@@ -109,7 +112,9 @@ def ingest_images(
     """
     report = IngestReport(ingest_id=new_id(), split=split)
     catalog = open_catalog(store)
-    catalogued = catalog.read("samples", ["id"])[0].column("id")  # one column, read once
+    columns = ["id"] if split == "pool" else ["id", "split", "label"]
+    samples = catalog.read("samples", columns)[0]  # read once, only what is compared
+    catalogued = samples.column("id")
     read_before = _source_keys(catalog.read("sources", ["name", "version"])[0])
     seen: set[str] = set()  # ids this run has already met
     workers = store.max_concurrency
@@ -118,14 +123,19 @@ def ingest_images(
         fresh = _not_read_before(listed, read_before)
         report.unchanged += len(listed) - len(fresh)
         for chunk in _read_chunks(fresh, workers):
-            known = _among(catalogued, [sample_id for _, _, sample_id in chunk]) | seen
+            ids = [sample_id for _, _, sample_id in chunk]
+            known = _among(catalogued, ids) | seen
+            placed = {} if split == "pool" else _placement(samples, ids)
             new, read = [], []
             for image, data, sample_id in chunk:  # in input order: the first occurrence wins
                 if image.version is not None:
                     read.append({"name": image.name, "version": image.version,
                                  "sample_id": sample_id, "read_at": utc_now()})
                 if sample_id in known:
-                    report.duplicate += 1
+                    if placed.get(sample_id, (split, image.label)) == (split, image.label):
+                        report.duplicate += 1
+                    else:
+                        report.conflicts.append(_conflict(image, *placed[sample_id], split))
                     continue
                 known.add(sample_id)
                 seen.add(sample_id)
@@ -220,6 +230,17 @@ def _among(catalogued: pa.ChunkedArray, ids: list[str]) -> set[str]:
     """Which of ``ids`` are in ``catalogued``: the few ids are the hashed side."""
     wanted = pa.array(ids, pa.string())
     return set(catalogued.filter(pc.is_in(catalogued, value_set=wanted)).to_pylist())
+
+
+def _placement(samples: pa.Table, ids: list[str]) -> dict[str, tuple[str, str | None]]:
+    """(split, label) of those of ``ids`` that are catalogued."""
+    rows = samples.filter(pc.is_in(samples.column("id"), value_set=pa.array(ids, pa.string())))
+    return {row["id"]: (row["split"], row["label"]) for row in rows.to_pylist()}
+
+
+def _conflict(image: SourceImage, split: str, label: str | None, wanted: Split) -> str:
+    held = f"labelled {label!r}" if label is not None else "no label"
+    return f"{image.name}: already in the store as a {split} image ({held}); left there, not added to the {wanted} split"
 
 
 def _source_keys(rows: pa.Table) -> pa.ChunkedArray:
