@@ -212,3 +212,30 @@ def test_late_labels_of_a_released_batch_skip_samples_queued_again_elsewhere(sto
     assert set(report.requeued_elsewhere) == requeued and report.imported == len(ids) - len(requeued)
     state = load_state(store)
     assert requeued.isdisjoint(state.labelled) and state.queued == requeued
+
+
+def test_late_labels_of_a_released_batch_never_take_spending_over_the_total(store):
+    """Released samples were handed back unspent; labels arriving for them afterwards are
+    spending too, and the total budget caps them like any batch."""
+    from activeflow.batches import release_stale_batches
+    from activeflow.label_import import import_labels
+
+    settings = load_settings(storage={"uri": store.uri}, data={"classes": CLASSES},
+                             budget={"per_run": 4, "total": 6}, labelling={"release_after_hours": 1})
+    first = export_batch(store, settings).batch_id
+    ids = load_state(store).batches[first].sample_ids
+    release_stale_batches(store, load_state(store), settings, now=datetime.now(UTC) + timedelta(hours=2))
+    second = export_batch(store, settings).batch_id
+    assert load_state(store).budget_spent == 4
+    late = [sid for sid in ids if sid not in load_state(store).batches[second].sample_ids]
+    assert len(late) >= 3  # the stores's 10 images leave room for at least 3 late labels
+
+    answers = "id,label\n" + "".join(f"{sid},cat\n" for sid in ids)
+    report = import_labels(store, load_state(store), settings, first, "late.csv", answers.encode())
+
+    assert report.imported == 2 and report.over_budget == late[2:]
+    state = load_state(store)
+    assert state.budget_spent == 6 and state.budget_remaining(6) == 0
+    assert set(late[:2]) <= set(state.labelled) and set(late[2:]).isdisjoint(state.labelled)
+    assert set(late[2:]) <= set(state.unlabelled.to_pylist())
+    assert export_batch(store, settings).batch_id is None  # nothing left to spend

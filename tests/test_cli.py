@@ -145,6 +145,37 @@ def test_a_pool_image_ingested_again_as_a_test_image_exits_1_naming_it(tmp_path,
     )
 
 
+def test_late_labels_beyond_the_total_budget_exit_1_saying_so(tmp_path, capsys, monkeypatch):
+    from datetime import UTC, datetime, timedelta
+
+    from activeflow.batches import export_batch, release_stale_batches
+    from activeflow.pool import load_state
+    from activeflow.settings import load_settings
+    from activeflow.store import LocalStore
+
+    for n in range(6):
+        write_image(tmp_path / "in" / f"{n}.png", n)
+    monkeypatch.setenv("ACTIVEFLOW_DATA__CLASSES", '["cat", "dog"]')
+    monkeypatch.setenv("ACTIVEFLOW_BUDGET__TOTAL", "3")
+    base = ["--store", str(tmp_path / "store")]
+    assert run_cli(capsys, *base, "ingest", str(tmp_path / "in"))[0] == 0
+    store = LocalStore(tmp_path / "store")
+    settings = load_settings(storage={"uri": store.uri}, data={"classes": ["cat", "dog"]},
+                             budget={"per_run": 3, "total": 3}, labelling={"release_after_hours": 1})
+    first = export_batch(store, settings).batch_id
+    release_stale_batches(store, load_state(store), settings, now=datetime.now(UTC) + timedelta(hours=2))
+    second = export_batch(store, settings).batch_id  # spends the whole total again
+    batches = load_state(store).batches
+    late = tmp_path / "late.csv"
+    late.write_text("id,label\n" + "".join(f"{i},cat\n" for i in batches[first].sample_ids))
+    over = len(set(batches[first].sample_ids) - set(batches[second].sample_ids))
+
+    code, out, err = run_cli(capsys, *base, "import-labels", first, str(late), "--json")
+
+    assert code == 1 and json.loads(out)["imported"] == 0
+    assert f"{over} late label(s) of the released batch {first} were not written: the total budget" in err
+
+
 def test_status_of_a_store_that_does_not_exist_is_an_error(tmp_path, capsys):
     code, out, err = run_cli(capsys, "--store", str(tmp_path / "typo"), "status")
     assert code == 2 and out == ""

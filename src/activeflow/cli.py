@@ -252,10 +252,17 @@ def _failure_message(error: BaseException) -> str | None:
 def _warnings(result: Any) -> int:
     """1, with what to look at on stderr, when a command did its work but some of the
     input could not be used as given (a changed label is never overwritten, an image
-    already in the store is never moved)."""
+    already in the store is never moved, late labels never overspend the total budget)."""
+    warnings = [w for w in (_conflict_warning(result), _over_budget_warning(result)) if w]
+    for warning in warnings:
+        print(f"activeflow: warning: {warning}", file=sys.stderr)
+    return 1 if warnings else 0
+
+
+def _conflict_warning(result: Any) -> str | None:
     conflicts = getattr(result, "conflicts", None)
     if not conflicts:
-        return 0
+        return None
     if isinstance(conflicts[0], str):  # ingest: each says what and why
         lines = conflicts
         what = "image was" if len(conflicts) == 1 else "images were"
@@ -266,8 +273,17 @@ def _warnings(result: Any) -> int:
         were = "was" if len(conflicts) == 1 else "were"
         head = f"{len(conflicts)} {what} with what was imported before and {were} not written"
     more = f" (and {len(lines) - 5} more)" if len(lines) > 5 else ""
-    print(f"activeflow: warning: {head}: {'; '.join(lines[:5])}{more}", file=sys.stderr)
-    return 1
+    return f"{head}: {'; '.join(lines[:5])}{more}"
+
+
+def _over_budget_warning(result: Any) -> str | None:
+    over = getattr(result, "over_budget", None)
+    if not over:
+        return None
+    return (
+        f"{len(over)} late label(s) of the released batch {result.batch_id} were not written: "
+        "the total budget (budget.total) is spent; those samples stay in the pool"
+    )
 
 
 def _core_errors() -> tuple[type[Exception], ...]:

@@ -41,6 +41,7 @@ class ImportReport(BaseModel):
     skipped: list[str] = []  # only cancelled/skipped annotations: they stay queued
     disagreements: list[Disagreement] = []  # below the minimum agreement: stay queued
     requeued_elsewhere: list[str] = []  # of a released batch, now in another batch
+    over_budget: list[str] = []  # late labels of a released batch beyond budget.total: not written
     still_queued: int = 0  # samples of the batch still waiting for a label
 
 
@@ -125,6 +126,8 @@ def _import_once(
         disagreements=parsed.disagreements,
     )
     new = _sort_records(state, batch_id, parsed.records, report)
+    if batch_id in state.released:
+        new = _within_budget(state, batch_id, new, settings.budget.total, report)
     if new:
         _commit(state, batch_id, file_name, new)
     report.imported = len(new)
@@ -155,6 +158,24 @@ def _sort_records(
         else:
             new.append(record)
     return new
+
+
+def _within_budget(
+    state: PoolState, batch_id: str, new: list[LabelRecord], total: int | None, report: ImportReport
+) -> list[LabelRecord]:
+    """A released batch's samples went back to the pool unspent: labels for them now are new
+    spending, taken in file order while ``budget.total`` allows; the rest stay in the pool."""
+    remaining = state.budget_remaining(total)
+    returned = set(state.released[batch_id].returned)
+    kept: list[LabelRecord] = []
+    for record in new:
+        if record.sample_id in returned:
+            if remaining == 0:
+                report.over_budget.append(record.sample_id)
+                continue
+            remaining = None if remaining is None else remaining - 1
+        kept.append(record)
+    return kept
 
 
 def _commit(state: PoolState, batch_id: str, file_name: str, new: list[LabelRecord]) -> None:

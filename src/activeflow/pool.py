@@ -308,9 +308,16 @@ class PoolState:
 
     @property
     def budget_spent(self) -> int:
-        """Labels asked for: every batch item, less those a release handed back unlabelled."""
+        """Labels asked for: every batch item, less those a release handed back unlabelled,
+        plus the late labels that came for those afterwards."""
         returned = sum(len(release.returned) for release in self.released.values())
-        return sum(len(manifest.items) for manifest in self.batches.values()) - returned
+        asked = sum(len(manifest.items) for manifest in self.batches.values())
+        return asked - returned + sum(len(self.late_labels(b)) for b in self.released)
+
+    def late_labels(self, batch_id: str) -> list[str]:
+        """Samples of a released batch labelled through it after the release handed them back."""
+        returned = set(self.released[batch_id].returned)
+        return [r.sample_id for r in self.batch_labels.get(batch_id, []) if r.sample_id in returned]
 
     def budget_remaining(self, total: int | None) -> int | None:
         return None if total is None else max(total - self.budget_spent, 0)
