@@ -239,3 +239,14 @@ def test_late_labels_of_a_released_batch_never_take_spending_over_the_total(stor
     assert set(late[:2]) <= set(state.labelled) and set(late[2:]).isdisjoint(state.labelled)
     assert set(late[2:]) <= set(state.unlabelled.to_pylist())
     assert export_batch(store, settings).batch_id is None  # nothing left to spend
+
+
+def test_by_default_an_unfinished_batch_goes_back_to_the_pool_after_a_week(store):
+    from activeflow.batches import release_stale_batches
+
+    settings = settings_for(store)
+    batch = export_batch(store, settings).batch_id
+    now = datetime.now(UTC)
+    assert release_stale_batches(store, load_state(store), settings, now=now + timedelta(days=6)) == []
+    (release,) = release_stale_batches(store, load_state(store), settings, now=now + timedelta(days=7, hours=1))
+    assert release.batch_id == batch and load_state(store).queued == set()

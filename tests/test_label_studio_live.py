@@ -324,3 +324,28 @@ def test_flows_push_the_batch_and_pull_its_labels(ls_settings, tmp_path):
     assert {sid: load_state(store).labelled[sid] for sid in batch[:2]} == {batch[0]: "dog", batch[1]: "cat"}
     again = import_labels_flow(exported.batch_id, "label-studio", settings=settings)
     assert (again.imported, again.already_imported) == (0, 2)
+
+
+def test_a_batch_whose_push_failed_is_pushed_by_the_next_export(ls_settings, tmp_path):
+    """The batch is committed before its push: a push that fails (server down) must not
+    leave it out of Label Studio for good; the next export pushes every open batch."""
+    from activeflow.flows.export_batch import export_batch_flow
+
+    for n in range(6):
+        write_image(tmp_path / "in" / f"{n}.png", 200 + n)
+    store = LocalStore(tmp_path / "store")
+    ingest_images(store, iter_source(str(tmp_path / "in"), labelled=False))
+    reachable = {**ls_settings.model_dump(), "api_key": ls_settings.api_key.get_secret_value(),
+                 "project_title": "activeflow-push-retry"}
+    down = load_settings(storage={"uri": store.uri}, data={"classes": CLASSES}, budget={"per_run": 3},
+                         label_studio={**reachable, "url": "http://127.0.0.1:9"})
+    with pytest.raises(studio.LabelStudioError, match="127.0.0.1:9"):
+        export_batch_flow(down)
+    (first,) = load_state(store).batches  # committed, not pushed
+
+    exported = export_batch_flow(down.model_copy(update={"label_studio": down.label_studio.model_copy(
+        update={"url": ls_settings.url})}))
+
+    tasks = tasks_by_sample(ls_settings, exported.label_studio["project_id"])
+    state = load_state(store)
+    assert sorted(tasks) == sorted(state.batches[first].sample_ids + state.batches[exported.batch_id].sample_ids)

@@ -258,10 +258,10 @@ class LabellingSettings(_Group):
         description="Share of a sample's annotations its majority label needs; ties never pass.",
     )
     release_after_hours: float | None = Field(
-        None,
+        168,
         gt=0,
-        description="Release a batch's unlabelled samples back to the pool after this long; "
-        "None keeps batches open.",
+        description="Release a batch's unlabelled samples back to the pool after this long "
+        "(7 days: when S3 image links expire); None keeps batches open for ever.",
     )
     url_expiry_hours: int = Field(
         168, ge=1, le=168, description="Lifetime of presigned S3 image links (7 days at most)."

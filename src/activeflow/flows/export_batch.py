@@ -5,18 +5,26 @@ from prefect import flow, tags
 from activeflow import label_studio
 from activeflow.batches import ExportResult
 from activeflow.settings import Settings, load_settings
-from activeflow.tasks.batches import export_batch, report_batch
+from activeflow.tasks.batches import export_batch, open_batches, report_batch
 from activeflow.tasks.label_studio import push_batch
 
 
 def export_and_publish(settings: Settings) -> ExportResult:
     """Export the batch, report it in the UI, push it to Label Studio when configured.
-    Call inside a flow."""
+    Call inside a flow.
+
+    A batch is committed before it is pushed, so a push that failed (server down) is made
+    by the next export: every open batch is pushed, the new one first; a batch the project
+    already holds is not pushed twice."""
     result = export_batch(settings)
     with tags(f"batch:{result.batch_id}") if result.batch_id else tags():
         report_batch(settings, result)
-    if result.batch_id is not None and label_studio.is_configured(settings.label_studio):
-        result.label_studio = push_batch(settings, result.batch_id)
+    if label_studio.is_configured(settings.label_studio):
+        earlier = [b for b in open_batches(settings) if b != result.batch_id]
+        for batch_id in [result.batch_id, *earlier] if result.batch_id else earlier:
+            pushed = push_batch(settings, batch_id)
+            if batch_id == result.batch_id:
+                result.label_studio = pushed
     return result
 
 

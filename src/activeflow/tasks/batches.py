@@ -25,6 +25,12 @@ def export_batch(settings: Settings) -> batches.ExportResult:
     return batches.export_batch(open_store(settings.storage), settings, request_id)
 
 
+@task(name="open-batches", cache_policy=NO_CACHE, **STORE_RETRIES)
+def open_batches(settings: Settings) -> list[str]:
+    """Batches with samples still waiting for a label, oldest first."""
+    return load_state(open_store(settings.storage)).open_batches
+
+
 @task(name="report-batch", task_run_name="report batch {result.batch_id}", cache_policy=NO_CACHE)
 def report_batch(settings: Settings, result: batches.ExportResult) -> None:
     """The batch summary (markdown) and its samples (table) for the UI."""
