@@ -147,25 +147,28 @@ class _ExitedEarly(SeaweedFSError):
     pass
 
 
-def start_seaweedfs(data_dir: Path, timeout_s: float = 60.0, attempts: int = 3) -> SeaweedFS:
+def start_seaweedfs(
+    data_dir: Path, timeout_s: float = 60.0, attempts: int = 3, *, anonymous: bool = False
+) -> SeaweedFS:
     """Start ``weed server`` storing under ``data_dir``; return once S3 writes work.
 
     A server that exits while starting (another process took one of its ports between
     choosing and binding) is started again on new ports, up to ``attempts`` times.
     Raises ``SeaweedFSError`` with the end of the server log if it keeps exiting or is
-    not healthy within ``timeout_s``.
+    not healthy within ``timeout_s``. ``anonymous``: authentication off (requests are not
+    checked against their signatures), for a proxy in front of it that edits requests.
     """
     weed = find_weed()
     for attempt in range(1, attempts + 1):
         try:
-            return _start(weed, data_dir / f"run-{attempt}", timeout_s)
+            return _start(weed, data_dir / f"run-{attempt}", timeout_s, anonymous)
         except _ExitedEarly:
             if attempt == attempts:
                 raise
     raise AssertionError("unreachable")
 
 
-def _start(weed: str, data_dir: Path, timeout_s: float) -> SeaweedFS:
+def _start(weed: str, data_dir: Path, timeout_s: float, anonymous: bool) -> SeaweedFS:
     data_dir.mkdir(parents=True)
     # Ask for all ports at once so the gRPC ones differ from the HTTP ones; weed's default
     # (HTTP port + 10000) can land on a busy port or past 65535.
@@ -196,7 +199,7 @@ def _start(weed: str, data_dir: Path, timeout_s: float) -> SeaweedFS:
     log_path = data_dir / "weed.log"
     env = {
         **{name: value for name, value in os.environ.items() if not name.startswith("AWS_")},
-        **DUMMY_CREDENTIALS,
+        **({} if anonymous else DUMMY_CREDENTIALS),
         **_WEED_ENV,
     }
     with open(log_path, "wb") as log:

@@ -221,6 +221,44 @@ def test_list_never_shows_temp_files(store: ObjectStore) -> None:
     assert store.list("samples/ab/") == ["samples/ab/ab01.png"]
 
 
+def test_a_write_killed_midway_leaves_nothing_that_the_next_ingest_does_not_remove(tmp_path: Path) -> None:
+    """kill -9 between writing a temp file and renaming it leaves the temp behind; writes in
+    flight are recent, so only temps older than ``max_age_s`` are removed."""
+    from activeflow.ingest import ingest_images
+
+    store = LocalStore(tmp_path / "store")
+    script = (
+        "import os, sys\n"
+        "from activeflow import store as s\n"
+        "real = os.replace\n"
+        "def crash(*a): os.kill(os.getpid(), 9)\n"
+        "os.replace = crash\n"
+        f"s.LocalStore({str(store.root)!r}).put('samples/ab/ab01.png', b'x' * 1000)\n"
+    )
+    assert subprocess.run([sys.executable, "-c", script]).returncode == -9
+    assert store.list() == []
+    (left,) = [p for p in store.root.rglob("*") if p.is_file()]
+    assert left.name.startswith(".tmp-")
+
+    assert store.remove_stale_temp_files(max_age_s=3600) == 0  # could be a write in flight
+    old = left.stat().st_mtime - 7200
+    os.utime(left, (old, old))
+    ingest_images(store, [])  # the nightly command sweeps
+    assert not left.exists()
+
+
+@pytest.mark.s3
+def test_multipart_uploads_never_completed_are_aborted_once_stale(s3_storage: StorageSettings) -> None:
+    store = open_store(s3_storage)
+    bucket = s3_storage.uri.removeprefix("s3://").split("/")[0]
+    client = s3_client(s3_storage.endpoint_url)
+    client.create_multipart_upload(Bucket=bucket, Key="some/prefix/catalog/part-0.parquet")
+
+    assert store.remove_stale_temp_files(max_age_s=3600) == 0  # could be an upload in flight
+    assert store.remove_stale_temp_files(max_age_s=0) == 1
+    assert client.list_multipart_uploads(Bucket=bucket, Prefix="some/prefix/").get("Uploads", []) == []
+
+
 # --- delete -------------------------------------------------------------------------
 
 
@@ -623,3 +661,30 @@ def test_s3_timeouts_default_to_failing_within_about_a_minute() -> None:
     storage = StorageSettings()
     worst = storage.max_attempts * (storage.connect_timeout_seconds + storage.read_timeout_seconds)
     assert worst <= 60
+
+
+@pytest.mark.s3
+def test_an_s3_server_that_ignores_if_none_match_is_refused_before_any_write(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every once-only write (a promotion, an import record) relies on If-None-Match; a
+    server that ignores it would make each of them last-writer-wins, silently."""
+    from http_proxy import header_dropping_proxy
+    from s3_server import DUMMY_CREDENTIALS, start_seaweedfs
+
+    for name, value in DUMMY_CREDENTIALS.items():  # any will do: the server checks none
+        monkeypatch.setenv(name, value)
+    server = start_seaweedfs(tmp_path / "weed", anonymous=True)
+    try:
+        s3_client(server.endpoint).create_bucket(Bucket="careless")
+        with header_dropping_proxy(server.endpoint, "If-None-Match") as proxy:
+            honest = S3Store("careless", "p", endpoint_url=server.endpoint, region="us-east-1")
+            careless = S3Store("careless", "q", endpoint_url=proxy, region="us-east-1")
+            honest.put("a", b"x")  # the real server is fine
+            for operation in (lambda: careless.put("a", b"x"), careless.list):
+                with pytest.raises(StoreError, match=f"endpoint {proxy} ignores If-None-Match"):
+                    operation()
+        keys = s3_client(server.endpoint).list_objects_v2(Bucket="careless").get("Contents", [])
+        assert [k["Key"] for k in keys] == ["p/a"]  # nothing of the refused store's, probe included
+    finally:
+        server.stop()

@@ -111,6 +111,7 @@ def ingest_images(
     above ``max_pixels`` are quarantined with the reason.
     """
     report = IngestReport(ingest_id=new_id(), split=split)
+    store.remove_stale_temp_files()  # what writers killed midway left behind
     catalog = open_catalog(store)
     columns = ["id"] if split == "pool" else ["id", "split", "label"]
     samples = catalog.read("samples", columns)[0]  # read once, only what is compared

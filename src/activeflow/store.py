@@ -21,6 +21,7 @@ import uuid
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from itertools import islice
 from typing import Any, TypeVar
@@ -129,6 +130,12 @@ class ObjectStore(abc.ABC):
         """Remove ``key``; a missing key is not an error."""
 
     @abc.abstractmethod
+    def remove_stale_temp_files(self, max_age_s: float = 3600) -> int:
+        """Remove what writes killed midway left behind (local temp files, S3 multipart
+        uploads never completed) older than ``max_age_s``; return how many. Younger ones
+        may belong to a write in flight and are kept."""
+
+    @abc.abstractmethod
     def url(self, key: str) -> str:
         """Where the object lives: an absolute file path or ``s3://bucket/prefix/key``."""
 
@@ -149,9 +156,9 @@ class ObjectStore(abc.ABC):
 class LocalStore(ObjectStore):
     """A directory; created on the first write.
 
-    Writes go to a ``.tmp-*`` file beside the target and are then renamed (``put``) or
+    Writes go to a temp file in ``.tmp-writes/`` and are then renamed (``put``) or
     hard-linked (``put_if_absent``, which fails atomically if the target exists), so
-    readers never see a partial object.
+    readers never see a partial object, and what a killed writer left is in one folder.
     """
 
     def __init__(self, root: Path | str) -> None:
@@ -171,8 +178,9 @@ class LocalStore(ObjectStore):
             ) from error
         except OSError as error:
             raise StoreError(f"cannot create folder {path.parent}: {error}") from error
-        temp = path.parent / f"{TEMP_PREFIX}{uuid.uuid4().hex}"
+        temp = self._temp_folder / f"{TEMP_PREFIX}{uuid.uuid4().hex}"
         try:
+            self._temp_folder.mkdir(exist_ok=True)
             fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
             try:
                 with os.fdopen(fd, "wb") as file:
@@ -185,6 +193,22 @@ class LocalStore(ObjectStore):
         except OSError as error:
             raise StoreError(f"cannot write {path}: {error}") from error
         return temp
+
+    @property
+    def _temp_folder(self) -> Path:
+        return self.root / f"{TEMP_PREFIX}writes"  # no key can name it (validate_key)
+
+    def remove_stale_temp_files(self, max_age_s: float = 3600) -> int:
+        cutoff = time.time() - max_age_s
+        removed = 0
+        for temp in self._temp_folder.glob(f"{TEMP_PREFIX}*"):
+            try:
+                if temp.stat().st_mtime < cutoff:
+                    temp.unlink()
+                    removed += 1
+            except FileNotFoundError:
+                pass  # its writer finished meanwhile, or another sweep took it
+        return removed
 
     def put(self, key: str, data: bytes) -> None:
         path = self._path(key)
@@ -230,7 +254,8 @@ class LocalStore(ObjectStore):
         # Walk only the deepest folder the prefix names; filter the rest by string prefix.
         folder = self.root / prefix.rpartition("/")[0]
         keys = []
-        for dirpath, _dirnames, filenames in os.walk(folder):
+        for dirpath, dirnames, filenames in os.walk(folder):
+            dirnames[:] = [d for d in dirnames if not d.startswith(TEMP_PREFIX)]
             relative_dir = Path(dirpath).relative_to(self.root).as_posix()
             for name in filenames:
                 if name.startswith(TEMP_PREFIX):
@@ -269,6 +294,8 @@ _CONFLICT_RETRIES = 5
 
 
 _BOTO_ERRORS = (ClientError, BotoCoreError)
+# (endpoint, bucket) pairs this process has seen honour If-None-Match.
+_HONOURS_IF_NONE_MATCH: set[tuple[str | None, str]] = set()
 
 # Loading botocore's service models is most of the ~0.15 s a new client costs; sessions
 # share one loader (a read-only cache), while each still resolves credentials itself.
@@ -355,6 +382,7 @@ class S3Store(ObjectStore):
                     )
                 if not self._bucket_checked:
                     self._check_bucket(self._s3)
+                    self._check_conditional_writes(self._s3)
                     self._bucket_checked = True
         return self._s3
 
@@ -377,6 +405,39 @@ class S3Store(ObjectStore):
             raise self._error(error, "check bucket", None) from error
         except BotoCoreError as error:
             raise self._error(error, "check bucket", None) from error
+
+    def _check_conditional_writes(self, client: Any) -> None:
+        """Refuse an endpoint that ignores ``If-None-Match: *``: on it every once-only write
+        (a promotion, an import record) would silently become last-writer-wins. Probed
+        once per endpoint and bucket in a process, with a temp object removed afterwards."""
+        if (self.endpoint_url, self.bucket) in _HONOURS_IF_NONE_MATCH:
+            return
+        probe = f"{self.prefix}/" if self.prefix else ""
+        probe += f"{TEMP_PREFIX}conditional-write-probe-{uuid.uuid4().hex}"
+        refusal = StoreError(
+            f"S3 endpoint {self._endpoint} ignores If-None-Match (conditional writes) on bucket "
+            f"{self.bucket!r}: once-only writes would silently overwrite one another there. Use "
+            "a server that honours it (AWS S3 and SeaweedFS do)"
+        )
+        try:
+            client.put_object(Bucket=self.bucket, Key=probe, Body=b"", IfNoneMatch="*")
+            try:
+                client.put_object(Bucket=self.bucket, Key=probe, Body=b"", IfNoneMatch="*")
+            except ClientError as error:
+                code = _error_code(error)
+                if code in {"NotImplemented", "501"}:
+                    raise refusal from error
+                if code not in {"PreconditionFailed", "412", "ConditionalRequestConflict", "409"}:
+                    raise
+            else:
+                raise refusal
+            finally:
+                client.delete_object(Bucket=self.bucket, Key=probe)
+        except _BOTO_ERRORS as error:
+            if isinstance(error, ClientError) and _error_code(error) in {"NotImplemented", "501"}:
+                raise refusal from error
+            raise self._error(error, "check conditional writes", None) from error
+        _HONOURS_IF_NONE_MATCH.add((self.endpoint_url, self.bucket))
 
     def _error(self, error: Exception, action: str, key: str | None) -> StoreError:
         """A StoreError for a botocore failure, naming endpoint, bucket and key."""
@@ -468,12 +529,38 @@ class S3Store(ObjectStore):
             for page in paginator.paginate(Bucket=self.bucket, Prefix=root + prefix):
                 for item in page.get("Contents", []):
                     key = item["Key"][len(root) :]
-                    if key and not key.endswith("/"):  # skip folder markers
+                    # Skip folder markers and a probe a killed process left (see below).
+                    if key and not key.endswith("/") and not key.startswith(TEMP_PREFIX):
                         etag = item["ETag"].strip('"')
                         versions.append((key, f"{item['Size']}:{etag}"))
         except _BOTO_ERRORS as error:
             raise self._error(error, f"list (prefix {prefix!r})", None) from error
         return sorted(versions)
+
+    def remove_stale_temp_files(self, max_age_s: float = 3600) -> int:
+        """Aborts multipart uploads under the prefix (delta-rs writes large files so) and
+        deletes conditional-write probes, both begun more than ``max_age_s`` ago."""
+        root = f"{self.prefix}/" if self.prefix else ""
+        cutoff = datetime.now(UTC) - timedelta(seconds=max_age_s)
+        removed = 0
+        try:
+            for page in self._client.get_paginator("list_multipart_uploads").paginate(
+                Bucket=self.bucket, Prefix=root
+            ):
+                for upload in page.get("Uploads", []):
+                    if upload["Initiated"] < cutoff:
+                        self._client.abort_multipart_upload(
+                            Bucket=self.bucket, Key=upload["Key"], UploadId=upload["UploadId"]
+                        )
+                        removed += 1
+            probes = self._client.list_objects_v2(Bucket=self.bucket, Prefix=root + TEMP_PREFIX)
+            for item in probes.get("Contents", []):
+                if item["LastModified"] < cutoff:
+                    self._client.delete_object(Bucket=self.bucket, Key=item["Key"])
+                    removed += 1
+        except _BOTO_ERRORS as error:
+            raise self._error(error, "remove stale uploads", None) from error
+        return removed
 
     def delete(self, key: str) -> None:
         full = self._full_key(key)
