@@ -250,3 +250,19 @@ def test_by_default_an_unfinished_batch_goes_back_to_the_pool_after_a_week(store
     assert release_stale_batches(store, load_state(store), settings, now=now + timedelta(days=6)) == []
     (release,) = release_stale_batches(store, load_state(store), settings, now=now + timedelta(days=7, hours=1))
     assert release.batch_id == batch and load_state(store).queued == set()
+
+
+def test_an_export_uses_the_scores_its_run_made_when_a_newer_champion_was_promoted_since(store):
+    """The nightly run scores with the champion, then exports; a retrain promoted in between
+    has no scores yet, and must not cost that night's batch."""
+    ids = _champion_with_scores(store, lambda n: [[0.4, 0.3, 0.3]] * n)
+    put_json_if_absent(store, promotion_key(2), Promotion(
+        sequence=2, version="m-newer", accuracy=0.6, previous="m-test", promoted_at="now").model_dump())
+    settings = settings_for(store)
+
+    result = export_batch(store, settings, model_version="m-test")
+
+    manifest = load_state(store).batches[result.batch_id]
+    assert manifest.model_version == "m-test" and set(manifest.sample_ids) <= set(ids)
+    with pytest.raises(ScoringError, match="no complete scoring run for champion m-newer"):
+        export_batch(store, settings)

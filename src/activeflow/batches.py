@@ -54,22 +54,25 @@ def batch_size(state: PoolState, settings: Settings) -> int:
     return max(min(limits), 0)
 
 
-def select_batch(store: ObjectStore, state: PoolState, settings: Settings) -> list[BatchItemRecord]:
-    """Pick up to the budget from the unlabelled pool with the configured strategy.
+def select_batch(
+    store: ObjectStore, state: PoolState, settings: Settings, model_version: str | None = None
+) -> list[BatchItemRecord]:
+    """Pick up to the budget from the unlabelled pool with the configured strategy, ranked
+    by ``model_version``'s scores (default: the champion's).
 
-    With no champion yet the batch is a seeded random cold start.
+    With neither, no champion yet, the batch is a seeded random cold start.
     """
     k = batch_size(state, settings)
     if k == 0:
         return []
     # A different seed per batch, so random batches do not repeat one another's order.
     rng = np.random.default_rng([settings.strategy.seed, len(state.batches)])
-    if state.champion is None:
+    version = model_version or (state.champion.version if state.champion else None)
+    if version is None:
         candidates = state.unlabelled
         chosen = strategies.select_top(rng.random(len(candidates)), k)
         return [BatchItemRecord(sample_id=sid, score=0.0) for sid in candidates.take(chosen).to_pylist()]
 
-    version = state.champion.version
     found = selection.stream_candidates(store, version, settings, state.taken, k, rng)
     if found is None:
         raise _no_scores(store, version, settings.strategy.name)
@@ -93,15 +96,16 @@ def write_batch(
     settings: Settings,
     items: list[BatchItemRecord],
     request_id: str | None = None,
+    model_version: str | None = None,
 ) -> BatchManifest:
     """Write the labellers' files, then commit the batch: one serial catalog commit that
     is its selection and its budget spend. Files of a batch whose commit lost a race are
     unreachable (no catalog row names them) and are removed."""
-    model_version = state.champion.version if state.champion else None
+    model_version = model_version or (state.champion.version if state.champion else None)
     manifest = BatchManifest(
         batch_id=new_id("b"),
         created_at=utc_now(),
-        strategy=settings.strategy.name if state.champion else "random-cold-start",
+        strategy=settings.strategy.name if model_version else "random-cold-start",
         model_version=model_version,
         budget_per_run=settings.budget.per_run,
         budget_total=settings.budget.total,
@@ -208,12 +212,20 @@ def empty_batch_reason(state: PoolState, settings: Settings) -> str:
     return "no unlabelled samples left in the pool"
 
 
-def export_batch(store: ObjectStore, settings: Settings, request_id: str | None = None) -> ExportResult:
+def export_batch(
+    store: ObjectStore,
+    settings: Settings,
+    request_id: str | None = None,
+    *,
+    model_version: str | None = None,
+) -> ExportResult:
     """Select the next batch within budget and commit it; an empty selection writes nothing.
 
     Concurrent exports are serialised by the catalog: one that lost the race reselects on
     the new state, so batches never overlap and never overspend. ``request_id`` makes a
-    retry idempotent: an export of the same request returns the batch it already made."""
+    retry idempotent: an export of the same request returns the batch it already made.
+    ``model_version`` ranks by that model's scores instead of the champion's: a run that
+    scored with the champion keeps its scores when a retrain is promoted meanwhile."""
     required_classes(settings)  # labellers need the class list: refuse before any work
 
     def attempt() -> ExportResult:
@@ -223,10 +235,10 @@ def export_batch(store: ObjectStore, settings: Settings, request_id: str | None 
             return export_result(store, done, f"{done.strategy}: already exported by this request")
         if release_stale_batches(store, state, settings):  # their samples are back in the pool
             state = load_state(store)
-        items = select_batch(store, state, settings)
+        items = select_batch(store, state, settings, model_version)
         if not items:
             return export_result(store, None, empty_batch_reason(state, settings))
-        manifest = write_batch(store, state, settings, items, request_id)
+        manifest = write_batch(store, state, settings, items, request_id, model_version)
         return export_result(
             store, manifest, f"{manifest.strategy}: {len(items)} of budget {settings.budget.per_run}"
         )

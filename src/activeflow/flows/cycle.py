@@ -31,9 +31,8 @@ def run_round(settings: Settings, number: int, truth: dict[str, str] | None) -> 
     """score -> export-batch, then with ground truth: oracle answers -> import -> retrain.
 
     Composes tasks (a subflow per step would cost a second each); call inside a flow."""
-    if worth_scoring(pool_status(settings)):
-        score_pool(settings)
-    result = RoundResult(round=number, batch=export_batch(settings))
+    scored_by = score_pool(settings).model_version if worth_scoring(pool_status(settings)) else None
+    result = RoundResult(round=number, batch=export_batch(settings, scored_by))
     with tags(f"batch:{result.batch.batch_id}") if result.batch.batch_id else tags():
         report_batch(settings, result.batch)
     if truth is not None and result.batch.batch_id is not None:

@@ -9,14 +9,15 @@ from activeflow.tasks.batches import export_batch, open_batches, report_batch
 from activeflow.tasks.label_studio import push_batch
 
 
-def export_and_publish(settings: Settings) -> ExportResult:
+def export_and_publish(settings: Settings, model_version: str | None = None) -> ExportResult:
     """Export the batch, report it in the UI, push it to Label Studio when configured.
     Call inside a flow.
 
     A batch is committed before it is pushed, so a push that failed (server down) is made
     by the next export: every open batch is pushed, the new one first; a batch the project
-    already holds is not pushed twice."""
-    result = export_batch(settings)
+    already holds is not pushed twice. ``model_version``: rank by the scores that model
+    made (the run's own scoring) rather than the champion's."""
+    result = export_batch(settings, model_version)
     with tags(f"batch:{result.batch_id}") if result.batch_id else tags():
         report_batch(settings, result)
     if label_studio.is_configured(settings.label_studio):

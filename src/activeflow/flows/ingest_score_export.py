@@ -33,6 +33,6 @@ def ingest_score_export_flow(options: ExportOptions = ExportOptions()) -> Export
     settings = load_settings(**options.overrides())
     if settings.schedule.source:
         ingest_source(settings.schedule.source, "pool", settings)
-    if worth_scoring(pool_status(settings)):
-        score_pool(settings)
-    return export_and_publish(settings)
+    # Export by the scores this run made: a retrain promoted meanwhile has none yet.
+    scored_by = score_pool(settings).model_version if worth_scoring(pool_status(settings)) else None
+    return export_and_publish(settings, scored_by)

@@ -18,11 +18,13 @@ from activeflow.tasks.retry import STORE_RETRIES
     cache_policy=NO_CACHE,
     **STORE_RETRIES,
 )
-def export_batch(settings: Settings) -> batches.ExportResult:
+def export_batch(settings: Settings, model_version: str | None = None) -> batches.ExportResult:
     # Exports are serialised by the catalog's commits; a retry of this task run returns
     # the batch its first try committed instead of making a second.
     request_id = f"task-run/{task_run.id}" if task_run.id else None
-    return batches.export_batch(open_store(settings.storage), settings, request_id)
+    return batches.export_batch(
+        open_store(settings.storage), settings, request_id, model_version=model_version
+    )
 
 
 @task(name="open-batches", cache_policy=NO_CACHE, **STORE_RETRIES)
