@@ -80,6 +80,7 @@ class SeaweedFS:
     data_dir: Path
     log_path: Path
     ports: list[int]
+    anonymous: bool = False
 
     def log_tail(self, lines: int = 40) -> str:
         try:
@@ -168,11 +169,20 @@ def start_seaweedfs(
     raise AssertionError("unreachable")
 
 
-def _start(weed: str, data_dir: Path, timeout_s: float, anonymous: bool) -> SeaweedFS:
-    data_dir.mkdir(parents=True)
+def restart_seaweedfs(server: SeaweedFS, timeout_s: float = 60.0) -> SeaweedFS:
+    """Start a stopped (or killed) server again on its data and ports: what it had
+    stored is served again at the same endpoint."""
+    server.stop()
+    return _start(find_weed(), server.data_dir, timeout_s, server.anonymous, server.ports)
+
+
+def _start(
+    weed: str, data_dir: Path, timeout_s: float, anonymous: bool, ports: list[int] | None = None
+) -> SeaweedFS:
+    data_dir.mkdir(parents=True, exist_ok=ports is not None)
     # Ask for all ports at once so the gRPC ones differ from the HTTP ones; weed's default
     # (HTTP port + 10000) can land on a busy port or past 65535.
-    ports = free_ports(2 * len(_SERVICE_NAMES))
+    ports = ports or free_ports(2 * len(_SERVICE_NAMES))
     http = dict(zip(_SERVICE_NAMES, ports[: len(_SERVICE_NAMES)]))
     grpc = dict(zip(_SERVICE_NAMES, ports[len(_SERVICE_NAMES) :]))
     args = [
@@ -202,7 +212,7 @@ def _start(weed: str, data_dir: Path, timeout_s: float, anonymous: bool) -> Seaw
         **({} if anonymous else DUMMY_CREDENTIALS),
         **_WEED_ENV,
     }
-    with open(log_path, "wb") as log:
+    with open(log_path, "ab") as log:
         process = subprocess.Popen(
             args,
             cwd=data_dir,  # weed also reads ./master.toml etc.; keep stray ones out
@@ -218,6 +228,7 @@ def _start(weed: str, data_dir: Path, timeout_s: float, anonymous: bool) -> Seaw
         data_dir=data_dir,
         log_path=log_path,
         ports=ports,
+        anonymous=anonymous,
     )
     deadline = time.monotonic() + timeout_s
     last_error: Exception | None = None

@@ -79,29 +79,40 @@ def test_a_retried_export_request_makes_one_batch(storage, tmp_path):
     assert len(load_state(store).batches) == 2
 
 
-def test_concurrent_conflicting_imports_land_exactly_once(storage, tmp_path):
+def test_ten_concurrent_conflicting_imports_land_exactly_once(storage, tmp_path):
+    """Ten imports of the batch at once, each labelling every sample with one class (the
+    classes alternate): one lands; those agreeing with it find it imported, the others
+    are refused naming every conflict."""
     store, settings = _pool(storage, tmp_path, 6)
     batch = export_batch(store, settings)
     ids = load_state(store).batches[batch.batch_id].sample_ids
     files = {
-        label: ("\n".join(["id,label", *(f"{sid},{label}" for sid in ids)]) + "\n").encode()
-        for label in CLASSES
+        f"{n}-{CLASSES[n % len(CLASSES)]}.csv": (
+            "\n".join(["id,label", *(f"{sid},{CLASSES[n % len(CLASSES)]}" for sid in ids)]) + "\n"
+        ).encode()
+        for n in range(10)
     }
-    start = threading.Barrier(2)
+    start = threading.Barrier(10)
 
-    def run(label: str):
+    def run(name: str):
         start.wait()
-        return import_labels(store, load_state(store), settings, batch.batch_id, f"{label}.csv", files[label])
+        return import_labels(store, load_state(store), settings, batch.batch_id, name, files[name])
 
-    with ThreadPoolExecutor(2) as pool:
-        reports = list(pool.map(run, CLASSES))
+    with ThreadPoolExecutor(10) as pool:
+        reports = list(pool.map(run, files))
 
-    landed = [r for r in reports if r.imported]
-    refused = [r for r in reports if r.conflicts]
-    assert len(landed) == 1 and len(refused) == 1 and landed[0] is not refused[0]
-    assert (landed[0].imported, refused[0].imported, len(refused[0].conflicts)) == (4, 0, 4)
-    winner = landed[0].file.removesuffix(".csv")
-    assert refused[0].conflicts[0].imported == winner and refused[0].conflicts[0].offered != winner
+    (landed,) = [r for r in reports if r.imported]
+    winner = landed.file.removesuffix(".csv").split("-")[1]
+    assert landed.imported == 4 and not landed.conflicts
+    for report in reports:
+        if report is landed:
+            continue
+        if report.file.endswith(f"-{winner}.csv"):
+            assert (report.imported, report.already_imported, report.conflicts) == (0, 4, [])
+        else:
+            assert report.imported == 0 and len(report.conflicts) == 4
+            assert {(c.imported, c.offered) for c in report.conflicts} == {
+                (winner, report.file.removesuffix(".csv").split("-")[1])}
     assert set(load_state(store).labelled.values()) == {winner}
     assert Catalog(store).read("labels")[0].num_rows == 4
 

@@ -30,7 +30,13 @@ import boto3
 import botocore.loaders
 import botocore.session
 from botocore.config import Config
-from botocore.exceptions import BotoCoreError, ClientError, EndpointConnectionError
+from botocore.exceptions import (
+    BotoCoreError,
+    ClientError,
+    ConnectTimeoutError,
+    EndpointConnectionError,
+    ReadTimeoutError,
+)
 from botocore.exceptions import ConnectionError as BotoConnectionError
 from botocore.exceptions import NoCredentialsError, PartialCredentialsError
 
@@ -56,7 +62,14 @@ class ObjectNotFound(KeyError):
 
 class StoreError(RuntimeError):
     """The store cannot be used as configured: missing bucket, unreachable endpoint,
-    no credentials, access denied, a path that is not a directory ..."""
+    no credentials, access denied, a path that is not a directory ...
+
+    ``timed_out``: the endpoint did not answer in time, on every attempt the connection
+    settings allow; trying again at once would only multiply the wait."""
+
+    def __init__(self, message: str, *, timed_out: bool = False) -> None:
+        super().__init__(message)
+        self.timed_out = timed_out
 
 
 def validate_key(key: str, *, what: str = "key") -> str:
@@ -446,6 +459,13 @@ class S3Store(ObjectStore):
             return StoreError(
                 f"no usable S3 credentials for {where}: set AWS_ACCESS_KEY_ID and "
                 "AWS_SECRET_ACCESS_KEY (or AWS_PROFILE) in the environment"
+            )
+        if isinstance(error, ReadTimeoutError | ConnectTimeoutError):
+            return StoreError(
+                f"S3 endpoint {self._endpoint} did not answer within the timeouts "
+                f"(storage.connect_timeout_seconds / read_timeout_seconds, "
+                f"{self.timeouts[2]} attempts) for {action} of {where}: {error}",
+                timed_out=True,
             )
         if isinstance(error, EndpointConnectionError | BotoConnectionError):
             return StoreError(f"cannot reach S3 endpoint {self._endpoint} for {where}: {error}")

@@ -10,6 +10,7 @@ from activeflow.flows.score import SCORING_WORKERS, score_pool, worth_scoring
 from activeflow.parameters import ExportOptions
 from activeflow.settings import load_settings
 from activeflow.tasks.ingest import ingest_source
+from activeflow.tasks.maintenance import remove_orphans
 from activeflow.tasks.status import pool_status
 
 
@@ -31,6 +32,7 @@ def ingest_score_export_flow(options: ExportOptions = ExportOptions()) -> Export
         options: Overrides of the settings for this run; empty fields follow the settings.
     """
     settings = load_settings(**options.overrides())
+    remove_orphans(settings)  # what a run killed midway (kill -9, power cut) left
     if settings.schedule.source:
         ingest_source(settings.schedule.source, "pool", settings)
     # Export by the scores this run made: a retrain promoted meanwhile has none yet.
