@@ -176,6 +176,44 @@ def test_late_labels_beyond_the_total_budget_exit_1_saying_so(tmp_path, capsys, 
     assert f"{over} late label(s) of the released batch {first} were not written: the total budget" in err
 
 
+def test_without_json_commands_say_what_they_did_in_a_few_lines(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("ACTIVEFLOW_DATA__CLASSES", '["cat", "dog"]')
+    for n in range(4):
+        write_image(tmp_path / "in" / f"{n}.png", n)
+    (tmp_path / "in" / "broken.png").write_bytes(b"\x89PNG nope")
+    base = ["--store", str(tmp_path / "store")]
+
+    code, out, _ = run_cli(capsys, *base, "ingest", str(tmp_path / "in"))
+    assert code == 0 and out.splitlines() == [
+        "ingested 4 new images into the pool (0 already in the store, 1 quarantined)",
+        "  quarantined:",
+        f"    {tmp_path / 'in' / 'broken.png'}: not an image PIL can identify",
+    ]
+
+    code, out, _ = run_cli(capsys, *base, "export-batch", "--budget", "2")
+    lines = out.splitlines()
+    batch_id = lines[0].split()[1].rstrip(":")
+    assert lines[0] == f"batch {batch_id}: 2 samples (random-cold-start: 2 of budget 2)"
+    assert lines[-1] == f"next: label it, then `activeflow import-labels {batch_id} <export>`"
+
+    csv_file = Path(next(line.split()[1] for line in lines if line.strip().startswith("csv")))
+    first = csv_file.read_text().splitlines()[1].split(",")[0]
+    answers = tmp_path / "answers.csv"
+    answers.write_text(f"id,label\n{first},cat\n")
+    code, out, _ = run_cli(capsys, *base, "import-labels", batch_id, str(answers))
+    assert out.splitlines()[0] == (
+        f"batch {batch_id}: imported 1 new label from {answers} (0 imported before); 1 still waiting for a label")
+
+    code, out, _ = run_cli(capsys, *base, "status")
+    assert out.splitlines() == [
+        "pool      2 unlabelled, 1 queued in batches, 1 labelled",
+        "test set  0 images",
+        "budget    2 labels spent (no budget.total set)",
+        "champion  none yet (run `activeflow retrain` on labelled images)",
+        "quarantine  1 input could not be read (see quarantine/ in the store)",
+    ]
+
+
 def test_status_of_a_store_that_does_not_exist_is_an_error(tmp_path, capsys):
     code, out, err = run_cli(capsys, "--store", str(tmp_path / "typo"), "status")
     assert code == 2 and out == ""

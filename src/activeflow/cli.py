@@ -160,7 +160,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 128 + _stopped_by[0] if _stopped_by else 2
     finally:
         signal.signal(signal.SIGTERM, previous)  # main() may be called in-process (tests)
-    _print(result, as_json=getattr(args, "json", False))
+    _print(args.command, result, as_json=getattr(args, "json", False))
     return _warnings(result)
 
 
@@ -401,12 +401,19 @@ def _benchmark(args: argparse.Namespace, settings: Settings) -> Any:
     return result if args.json else result.table
 
 
-def _print(result: Any, *, as_json: bool) -> None:
+def _print(command: str, result: Any, *, as_json: bool) -> None:
+    if not as_json:
+        from activeflow.views import human_view
+
+        text = result if isinstance(result, str) else human_view(command, result)
+        if text is not None:
+            print(text)
+            return
     if hasattr(result, "model_dump"):
         result = result.model_dump()
     elif isinstance(result, list):
         result = [r.model_dump() if hasattr(r, "model_dump") else r for r in result]
-    print(result if isinstance(result, str) and not as_json else json.dumps(result, indent=2, default=str))
+    print(json.dumps(result, indent=2, default=str))
 
 
 if __name__ == "__main__":
