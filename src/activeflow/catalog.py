@@ -25,8 +25,8 @@ by side) but insert only ids the table lacks, so the same image is never catalog
 from __future__ import annotations
 
 import random
-import time
 import re
+import time
 from collections.abc import Callable, Sequence
 from typing import TypeVar
 
@@ -119,6 +119,16 @@ class CatalogConflict(RuntimeError):
 class CatalogError(StoreError):
     """The catalog could not be read or written (names the table and the cause)."""
 
+    @classmethod
+    def because(cls, what: str, error: BaseException) -> CatalogError:
+        """``what`` failed because of ``error``, a delta-rs error: its cause chain spans
+        lines, with terminal colour codes; the message is one plain line."""
+        cause = " ".join(_ANSI.sub("", str(error)).replace("↳", " ").split())
+        return cls(f"{what}: {cause}", timed_out="timed out" in cause or "timeout" in cause.lower())
+
+
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+
 
 def _app_id(name: str) -> str:
     return f"activeflow.{name}"
@@ -151,7 +161,7 @@ class Catalog:
         except TableNotFoundError:
             return None
         except (DeltaError, OSError) as error:
-            raise CatalogError(f"cannot read catalog table {uri}: {error}") from error
+            raise CatalogError.because(f"cannot read catalog table {uri}", error) from error
 
     def read(
         self, name: str, columns: list[str] | None = None, *, version: int | None = None
@@ -167,7 +177,7 @@ class Catalog:
             # that pyarrow 26's dataset filters cannot compare (ArrowNotImplementedError).
             rows = table.to_pyarrow_dataset().to_table(columns=columns)
         except (DeltaError, OSError) as error:
-            raise CatalogError(f"cannot read catalog table {name}: {error}") from error
+            raise CatalogError.because(f"cannot read catalog table {name}", error) from error
         return rows, table.transaction_version(_app_id(name)) or 0
 
     def _open_for_write(self, name: str) -> DeltaTable:
@@ -183,7 +193,7 @@ class Catalog:
         except CommitFailedError:
             pass  # another writer created it first
         except (DeltaError, OSError) as error:
-            raise CatalogError(f"cannot create catalog table {uri}: {error}") from error
+            raise CatalogError.because(f"cannot create catalog table {uri}", error) from error
         table = self._open(name)
         if table is None:
             raise CatalogError(f"catalog table {uri} was created but cannot be opened")
@@ -208,7 +218,7 @@ class Catalog:
             schema = pa.schema([TABLES[name].field(column) for column in columns])
             return pa.table(reader.read_all()).cast(schema)
         except (DeltaError, OSError) as error:
-            raise CatalogError(f"cannot read catalog table {name}: {error}") from error
+            raise CatalogError.because(f"cannot read catalog table {name}", error) from error
 
     def append(self, name: str, rows: pa.Table, *, after: int | None = None) -> None:
         """Commit ``rows``. With ``after`` (the sequence the writer read), a serial commit:
@@ -228,7 +238,7 @@ class Catalog:
         except CommitFailedError as error:
             raise CatalogConflict(f"{name}: {error}") from error
         except (DeltaError, OSError) as error:
-            raise CatalogError(f"cannot write catalog table {name}: {error}") from error
+            raise CatalogError.because(f"cannot write catalog table {name}", error) from error
 
     def insert_new(self, name: str, rows: pa.Table, key: str) -> int:
         """Insert the rows whose ``key`` the table lacks; returns how many were new. Safe
@@ -246,7 +256,7 @@ class Catalog:
             except CommitFailedError:
                 _backoff(attempt)
             except (DeltaError, OSError) as error:
-                raise CatalogError(f"cannot write catalog table {name}: {error}") from error
+                raise CatalogError.because(f"cannot write catalog table {name}", error) from error
         raise CatalogError(f"catalog table {name}: {_ATTEMPTS} commits in a row lost a race")
 
 
@@ -268,7 +278,7 @@ class Catalog:
             except CommitFailedError:
                 continue
             except (DeltaError, OSError) as error:
-                raise CatalogError(f"cannot compact catalog table {name}: {error}") from error
+                raise CatalogError.because(f"cannot compact catalog table {name}", error) from error
             compacted[name] = files
         return compacted
 

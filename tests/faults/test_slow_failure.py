@@ -59,3 +59,27 @@ def test_a_refused_connection_is_retried_by_the_task(monkeypatch):
     closed.close()  # nothing listens there: connections are refused at once
     tries, error = attempts_of_a_store_task(storage_at(f"http://127.0.0.1:{port}"))
     assert len(tries) == 3 and "cannot reach S3 endpoint" in str(error)
+
+
+def test_status_on_a_frozen_endpoint_fails_in_one_clean_line_within_the_timeouts(monkeypatch, capsys):
+    """The catalog is read by delta-rs, whose errors are a multi-line chain with terminal
+    colour codes: the command still prints one plain line naming the endpoint."""
+    from activeflow.cli import main
+
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "any")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "any")
+    monkeypatch.setenv("ACTIVEFLOW_STORAGE__CONNECT_TIMEOUT_SECONDS", "1")
+    monkeypatch.setenv("ACTIVEFLOW_STORAGE__READ_TIMEOUT_SECONDS", "1")
+    monkeypatch.setenv("ACTIVEFLOW_STORAGE__MAX_ATTEMPTS", "2")
+    frozen = socket.create_server(("127.0.0.1", 0), backlog=16)
+    endpoint = f"http://127.0.0.1:{frozen.getsockname()[1]}"
+    try:
+        started = time.monotonic()
+        code = main(["--store", "s3://bucket/p", "--endpoint-url", endpoint, "status"])
+        elapsed = time.monotonic() - started
+    finally:
+        frozen.close()
+    err = capsys.readouterr().err
+    assert code == 2 and elapsed < 20
+    assert err.count("\n") == 1 and "\x1b" not in err and endpoint in err
+    assert "timed out" in err
