@@ -112,3 +112,14 @@ def test_local_dask_workers_use_the_commands_temporary_server(tmp_path):
     assert run.stderr.count("Starting temporary server") == 1
     assert processes_with(str(home)) == []
 
+    # Without -v the workers keep their task logs off the terminal too.
+    for n in range(12, 16):
+        write_image(tmp_path / "more" / f"{n}.png", n)
+    ingest_images(store, iter_source(str(tmp_path / "more"), labelled=False))
+    quiet = subprocess.run(
+        [Path(sys.executable).parent / "activeflow", "--store", store_uri, "score", "--json"],
+        capture_output=True, text=True, env=env, timeout=600,
+    )
+    assert quiet.returncode == 0 and json.loads(quiet.stdout)["scored"] == 4, quiet.stderr[-3000:]
+    assert "Task run" not in quiet.stderr, quiet.stderr[-3000:]
+

@@ -164,6 +164,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     return _warnings(result)
 
 
+_WORKER_CONSOLE_LEVEL = "PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL"  # Prefect's logging.yml override
+
+
 @contextlib.contextmanager
 def _prefect_logs(args: argparse.Namespace, *, restore: bool) -> Iterator[None]:
     """Keep Prefect's per-task logs and tracebacks off the terminal (the command prints its
@@ -191,6 +194,10 @@ def _prefect_logs(args: argparse.Namespace, *, restore: bool) -> Iterator[None]:
         root.addHandler(log_file)
     for handler in consoles:
         handler.setLevel(logging.CRITICAL + 1)
+    # Processes this command starts (a local Dask cluster's workers) set up Prefect's
+    # logging from the environment: the same quiet console there.
+    console_level = os.environ.get(_WORKER_CONSOLE_LEVEL)
+    os.environ[_WORKER_CONSOLE_LEVEL] = "CRITICAL"
     shown = logging.StreamHandler(sys.stderr)  # what a long command says as it goes
     shown.setFormatter(logging.Formatter("%(message)s"))
     progress = logging.getLogger("activeflow.progress")
@@ -206,6 +213,10 @@ def _prefect_logs(args: argparse.Namespace, *, restore: bool) -> Iterator[None]:
         if restore:
             for handler, level in zip(consoles, levels, strict=True):
                 handler.setLevel(level)
+            if console_level is None:
+                os.environ.pop(_WORKER_CONSOLE_LEVEL, None)
+            else:
+                os.environ[_WORKER_CONSOLE_LEVEL] = console_level
 
 
 def _prepare_out_folder(command: str, out: Path) -> None:
