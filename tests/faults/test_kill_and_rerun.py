@@ -208,12 +208,17 @@ def test_import_killed_anywhere_then_rerun(zygote, tmp_path):
     assert len(state.labelled) == 3 * (TRIALS + 2) and state.queued == set()
 
 
-def test_retrain_killed_anywhere_then_rerun(zygote, tmp_path):
+def labelled_store(tmp_path: Path) -> LocalStore:
+    """12 training and 12 test images of the three colours."""
     store = LocalStore(tmp_path / "store")
-    write_coloured(tmp_path / "train", 12, 0, labelled=True)
-    write_coloured(tmp_path / "test", 12, 500, labelled=True)
-    ingest_images(store, iter_source(str(tmp_path / "train"), labelled=True), split="train", classes=CLASSES)
-    ingest_images(store, iter_source(str(tmp_path / "test"), labelled=True), split="test", classes=CLASSES)
+    for split, first in (("train", 0), ("test", 500)):
+        write_coloured(tmp_path / split, 12, first, labelled=True)
+        ingest_images(store, iter_source(str(tmp_path / split), labelled=True), split=split, classes=CLASSES)
+    return store
+
+
+def test_retrain_killed_anywhere_then_rerun(zygote, tmp_path):
+    store = labelled_store(tmp_path)
 
     statuses = trials(zygote, store, lambda n: {"op": "retrain", "settings": settings_for(store)})
 
@@ -222,11 +227,7 @@ def test_retrain_killed_anywhere_then_rerun(zygote, tmp_path):
 
 
 def test_score_killed_anywhere_then_rerun(zygote, tmp_path):
-    store = LocalStore(tmp_path / "store")
-    write_coloured(tmp_path / "train", 12, 0, labelled=True)
-    write_coloured(tmp_path / "test", 12, 500, labelled=True)
-    ingest_images(store, iter_source(str(tmp_path / "train"), labelled=True), split="train", classes=CLASSES)
-    ingest_images(store, iter_source(str(tmp_path / "test"), labelled=True), split="test", classes=CLASSES)
+    store = labelled_store(tmp_path)
     assert zygote.run({"op": "retrain", "settings": settings_for(store)}) == 0
     (champion,) = promotions(store)
 
