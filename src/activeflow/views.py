@@ -109,7 +109,13 @@ def _cycle(rounds: Sequence[Any]) -> str:
     return "\n".join(lines) or "no rounds run"
 
 
+def _files(files: Mapping[str, str]) -> str:
+    """What a demo wrote, after its table."""
+    return "\n".join(f"{name.replace('_', ' '):<15} {path}" for name, path in files.items())
+
+
 _VIEWS: dict[str, Callable[[Any], str]] = {
+    "demo": _files,
     "status": _status,
     "ingest": _ingest,
     "score": _score,
