@@ -55,27 +55,24 @@ def batch_size(state: PoolState, settings: Settings) -> int:
 
 
 def select_batch(
-    store: ObjectStore, state: PoolState, settings: Settings, model_version: str | None = None
+    store: ObjectStore, state: PoolState, settings: Settings, model_version: str | None
 ) -> list[BatchItemRecord]:
     """Pick up to the budget from the unlabelled pool with the configured strategy, ranked
-    by ``model_version``'s scores (default: the champion's).
-
-    With neither, no champion yet, the batch is a seeded random cold start.
+    by ``model_version``'s scores; with no model (no champion yet) a seeded random cold start.
     """
     k = batch_size(state, settings)
     if k == 0:
         return []
     # A different seed per batch, so random batches do not repeat one another's order.
     rng = np.random.default_rng([settings.strategy.seed, len(state.batches)])
-    version = model_version or (state.champion.version if state.champion else None)
-    if version is None:
+    if model_version is None:
         candidates = state.unlabelled
         chosen = strategies.select_top(rng.random(len(candidates)), k)
         return [BatchItemRecord(sample_id=sid, score=0.0) for sid in candidates.take(chosen).to_pylist()]
 
-    found = selection.stream_candidates(store, version, settings, state.taken, k, rng)
+    found = selection.stream_candidates(store, model_version, settings, state.taken, k, rng)
     if found is None:
-        raise _no_scores(store, version, settings.strategy.name)
+        raise _no_scores(store, model_version, settings.strategy.name)
     # The strategy's picks plus a random slice of strategy.random_fraction (see selection.py).
     return selection.select_from_scores(store, state, settings, found.top, k, rng, found.sample)
 
@@ -95,13 +92,12 @@ def write_batch(
     state: PoolState,
     settings: Settings,
     items: list[BatchItemRecord],
-    request_id: str | None = None,
-    model_version: str | None = None,
+    request_id: str | None,
+    model_version: str | None,
 ) -> BatchManifest:
     """Write the labellers' files, then commit the batch: one serial catalog commit that
     is its selection and its budget spend. Files of a batch whose commit lost a race are
     unreachable (no catalog row names them) and are removed."""
-    model_version = model_version or (state.champion.version if state.champion else None)
     manifest = BatchManifest(
         batch_id=new_id("b"),
         created_at=utc_now(),
@@ -235,10 +231,11 @@ def export_batch(
             return export_result(store, done, f"{done.strategy}: already exported by this request")
         if release_stale_batches(store, state, settings):  # their samples are back in the pool
             state = load_state(store)
-        items = select_batch(store, state, settings, model_version)
+        ranking = model_version or (state.champion.version if state.champion else None)
+        items = select_batch(store, state, settings, ranking)
         if not items:
             return export_result(store, None, empty_batch_reason(state, settings))
-        manifest = write_batch(store, state, settings, items, request_id, model_version)
+        manifest = write_batch(store, state, settings, items, request_id, ranking)
         return export_result(
             store, manifest, f"{manifest.strategy}: {len(items)} of budget {settings.budget.per_run}"
         )

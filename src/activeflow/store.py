@@ -437,10 +437,7 @@ class S3Store(ObjectStore):
             try:
                 client.put_object(Bucket=self.bucket, Key=probe, Body=b"", IfNoneMatch="*")
             except ClientError as error:
-                code = _error_code(error)
-                if code in {"NotImplemented", "501"}:
-                    raise refusal from error
-                if code not in {"PreconditionFailed", "412", "ConditionalRequestConflict", "409"}:
+                if _error_code(error) not in {"PreconditionFailed", "412", "ConditionalRequestConflict", "409"}:
                     raise
             else:
                 raise refusal

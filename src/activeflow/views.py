@@ -4,12 +4,13 @@ a few lines that say what happened and what to look at next."""
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from activeflow.batches import ExportResult
-from activeflow.ingest import IngestReport
-from activeflow.label_import import ImportReport
-from activeflow.migrate import MigrationReport
+if TYPE_CHECKING:  # annotations only: printing must not import what the command did not
+    from activeflow.batches import ExportResult
+    from activeflow.ingest import IngestReport
+    from activeflow.label_import import ImportReport
+    from activeflow.migrate import MigrationReport
 
 _SHOWN = 5  # items of a list shown before "and N more"
 

@@ -6,7 +6,7 @@ from pydantic import BaseModel
 
 from activeflow.batches import ExportResult
 from activeflow.flows.retrain import retrain_model
-from activeflow.flows.score import SCORING_WORKERS, score_pool, worth_scoring
+from activeflow.flows.score import SCORING_WORKERS, score_if_worth_it
 from activeflow.settings import Settings, load_settings
 from activeflow.tasks.batches import export_batch, report_batch
 from activeflow.selection import PoolAccuracyEstimate
@@ -31,7 +31,7 @@ def run_round(settings: Settings, number: int, truth: dict[str, str] | None) -> 
     """score -> export-batch, then with ground truth: oracle answers -> import -> retrain.
 
     Composes tasks (a subflow per step would cost a second each); call inside a flow."""
-    scored_by = score_pool(settings).model_version if worth_scoring(pool_status(settings)) else None
+    scored_by = score_if_worth_it(settings, pool_status(settings))
     result = RoundResult(round=number, batch=export_batch(settings, scored_by))
     with tags(f"batch:{result.batch.batch_id}") if result.batch.batch_id else tags():
         report_batch(settings, result.batch)

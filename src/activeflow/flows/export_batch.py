@@ -21,11 +21,8 @@ def export_and_publish(settings: Settings, model_version: str | None = None) -> 
     with tags(f"batch:{result.batch_id}") if result.batch_id else tags():
         report_batch(settings, result)
     if label_studio.is_configured(settings.label_studio):
-        earlier = [b for b in open_batches(settings) if b != result.batch_id]
-        for batch_id in [result.batch_id, *earlier] if result.batch_id else earlier:
-            pushed = push_batch(settings, batch_id)
-            if batch_id == result.batch_id:
-                result.label_studio = pushed
+        pushed = {b: push_batch(settings, b) for b in reversed(open_batches(settings))}  # newest first
+        result.label_studio = pushed.get(result.batch_id)
     return result
 
 

@@ -6,7 +6,7 @@ from prefect.task_runners import ThreadPoolTaskRunner
 
 from activeflow.batches import ExportResult
 from activeflow.flows.export_batch import export_and_publish
-from activeflow.flows.score import SCORING_WORKERS, score_pool, worth_scoring
+from activeflow.flows.score import SCORING_WORKERS, score_if_worth_it
 from activeflow.parameters import ExportOptions
 from activeflow.settings import load_settings
 from activeflow.tasks.ingest import ingest_source
@@ -35,6 +35,4 @@ def ingest_score_export_flow(options: ExportOptions = ExportOptions()) -> Export
     remove_orphans(settings)  # what a run killed midway (kill -9, power cut) left
     if settings.schedule.source:
         ingest_source(settings.schedule.source, "pool", settings)
-    # Export by the scores this run made: a retrain promoted meanwhile has none yet.
-    scored_by = score_pool(settings).model_version if worth_scoring(pool_status(settings)) else None
-    return export_and_publish(settings, scored_by)
+    return export_and_publish(settings, score_if_worth_it(settings, pool_status(settings)))

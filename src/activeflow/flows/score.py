@@ -27,6 +27,12 @@ def score_pool(settings: Settings) -> ScoringPlan:
     return _score_shards(settings)
 
 
+def score_if_worth_it(settings: Settings, status: Mapping[str, object]) -> str | None:
+    """Score the pool when an export is worth it (``worth_scoring``); the model version that
+    scored, for the export to rank by (a retrain promoted meanwhile has no scores yet)."""
+    return score_pool(settings).model_version if worth_scoring(status) else None
+
+
 def worth_scoring(status: Mapping[str, object]) -> bool:
     """Whether an export is worth scoring the pool for (``status`` as ``activeflow status``
     gives it): only with a champion and labels left in the total budget."""
