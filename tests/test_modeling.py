@@ -187,6 +187,34 @@ def test_augmentation_keeps_pixels_in_range_and_flips_only_when_asked():
     assert 0 <= jittered.min() and jittered.max() <= 255 and not np.array_equal(jittered, x)
 
 
+def test_a_seed_gives_the_same_model_while_other_threads_draw_random_numbers():
+    """Keras seeds unseeded layers from Python's global ``random``; Prefect's services and
+    HTTP clients draw from it in their own threads, which made initial weights depend on
+    timing (a flaky failure in CI)."""
+    import random
+    import threading
+
+    def initial_weights():
+        return modeling.build_classifier(ModelSettings(**{**TINY, "seed": 0}), 4).get_weights()
+
+    alone = initial_weights()
+    stop = threading.Event()
+
+    def draw_random_numbers():
+        while not stop.is_set():
+            random.random()
+
+    drawer = threading.Thread(target=draw_random_numbers)
+    drawer.start()
+    try:
+        built = [initial_weights() for _ in range(3)]
+    finally:
+        stop.set()
+        drawer.join()
+    for weights in built:
+        assert all(np.array_equal(a, b) for a, b in zip(weights, alone, strict=True))
+
+
 def test_seeds_are_honoured_by_runs_in_parallel_threads():
     """Each run's model comes from its own seed even when runs start together in threads
     (Keras seeds from process-global generators), and a seed's training is reproducible."""

@@ -11,11 +11,13 @@ Models travel as native ``.keras`` bytes and load with ``safe_mode=True``.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import io
 import itertools
 import math
 import os
+import random
 import tempfile
 import threading
 import weakref
@@ -37,6 +39,8 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # keep TensorFlow's C++ chat
 os.environ.setdefault("TF_FORCE_GPU_ALLOW_GROWTH", "true")
 
 import keras  # noqa: E402  (after the log level is set)
+# Where Keras draws unseeded layers' seeds (Python's global ``random``); see _seeded_keras.
+from keras.src.random import seed_generator as _keras_seed_source  # noqa: E402
 
 # Smallest input each keras.applications backbone accepts.
 _MIN_SIZE = {"small_cnn": 8, "mobilenet_v2": 32, "inception_v3": 75}
@@ -91,14 +95,27 @@ def build_classifier(settings: ModelSettings, num_classes: int) -> keras.Model:
             f"model.image_size={settings.image_size} is below {settings.backbone}'s minimum "
             f"of {_MIN_SIZE[settings.backbone]}"
         )
-    # Keras draws initial weights and dropout seeds from process-global generators: seed and
-    # build under one lock, so runs in parallel threads each get their own seed's model.
-    with _SEED_LOCK:
-        keras.utils.set_random_seed(settings.seed)
+    with _seeded_keras(settings.seed):
         return _build(settings, num_classes)
 
 
 _SEED_LOCK = threading.Lock()
+
+
+@contextlib.contextmanager
+def _seeded_keras(seed: int) -> Iterator[None]:
+    """Keras seeds every unseeded initializer and dropout layer from Python's global
+    ``random``, which any other thread (Prefect's services, HTTP clients) may draw from
+    mid-build. Builds take turns under a lock and read their layer seeds from a private
+    generator instead, so a seed gives the same model whatever else runs."""
+    with _SEED_LOCK:
+        keras.utils.set_random_seed(seed)
+        shared = _keras_seed_source.python_random
+        _keras_seed_source.python_random = random.Random(seed)
+        try:
+            yield
+        finally:
+            _keras_seed_source.python_random = shared
 
 
 def _build(settings: ModelSettings, num_classes: int) -> keras.Model:
