@@ -241,6 +241,59 @@ def test_late_labels_of_a_released_batch_never_take_spending_over_the_total(stor
     assert export_batch(store, settings).batch_id is None  # nothing left to spend
 
 
+def _released_batch(store, total):
+    """A store whose first batch (4 samples) was released back to the pool unlabelled."""
+    from activeflow.batches import release_stale_batches
+
+    settings = load_settings(storage={"uri": store.uri}, data={"classes": CLASSES},
+                             budget={"per_run": 4, "total": total}, labelling={"release_after_hours": 1})
+    first = export_batch(store, settings).batch_id
+    release_stale_batches(store, load_state(store), settings, now=datetime.now(UTC) + timedelta(hours=2))
+    return settings, first, load_state(store).batches[first].sample_ids
+
+
+def test_late_labels_decided_before_a_concurrent_export_landed_are_decided_again(store):
+    """An import that read the store before an export committed must not spend what the
+    export spent: its commit is refused and it decides again on the new state."""
+    from activeflow.label_import import import_labels
+
+    settings, first, ids = _released_batch(store, total=6)
+    read_before_export = load_state(store)
+    second_id = export_batch(store, settings).batch_id
+    second = set(load_state(store).batches[second_id].sample_ids)
+
+    answers = "id,label\n" + "".join(f"{sid},cat\n" for sid in ids)
+    report = import_labels(store, read_before_export, settings, first, "late.csv", answers.encode())
+
+    state = load_state(store)
+    assert state.budget_spent == 6 and len(report.over_budget) == len(ids) - len(second & set(ids)) - 2
+    assert set(report.requeued_elsewhere) == second & set(ids)
+    assert second.isdisjoint(state.labelled)
+
+
+def test_an_export_decided_before_late_labels_landed_is_decided_again(store):
+    """The other order: late labels commit while an export is deciding; the export's commit
+    is refused and writes nothing, and export_batch's rerun spends only what is left."""
+    from activeflow.batches import select_batch, write_batch
+    from activeflow.catalog import CatalogConflict
+    from activeflow.label_import import import_labels
+
+    settings, first, ids = _released_batch(store, total=6)
+    read_before_import = load_state(store)
+    items = select_batch(store, read_before_import, settings, None)
+    assert len(items) == 4
+    answers = "id,label\n" + "".join(f"{sid},cat\n" for sid in ids[:3])
+    assert import_labels(store, load_state(store), settings, first, "late.csv", answers.encode()).imported == 3
+
+    with pytest.raises(CatalogConflict):
+        write_batch(store, read_before_import, settings, items, None, None)
+    assert list(load_state(store).batches) == [first]
+    assert [key for key in store.list("batches/") if not key.startswith(f"batches/{first}/")] == []
+
+    again = export_batch(store, settings)
+    assert again.size == 3 and load_state(store).budget_spent == 6
+
+
 def test_by_default_an_unfinished_batch_goes_back_to_the_pool_after_a_week(store):
     from activeflow.batches import release_stale_batches
 

@@ -117,6 +117,38 @@ def test_ten_concurrent_conflicting_imports_land_exactly_once(storage, tmp_path)
     assert Catalog(store).read("labels")[0].num_rows == 4
 
 
+def test_late_labels_imported_during_concurrent_exports_never_overspend(storage, tmp_path):
+    """Exports spend on batch_items, late labels of a released batch on labels: started
+    together, they still spend the total exactly once between them."""
+    from datetime import UTC, datetime, timedelta
+
+    from activeflow.batches import release_stale_batches
+
+    store, settings = _pool(storage, tmp_path, 30, total=6)
+    settings = settings.model_copy(update={"labelling": settings.labelling.model_copy(
+        update={"release_after_hours": 1})})
+    first = export_batch(store, settings).batch_id
+    late = load_state(store).batches[first].sample_ids
+    release_stale_batches(store, load_state(store), settings, now=datetime.now(UTC) + timedelta(hours=2))
+    answers = ("id,label\n" + "".join(f"{sid},cat\n" for sid in late)).encode()
+    start = threading.Barrier(3)
+
+    def run(n: int):
+        start.wait()
+        if n == 0:
+            return import_labels(store, load_state(store), settings, first, "late.csv", answers)
+        return export_batch(store, settings)
+
+    with ThreadPoolExecutor(3) as pool:
+        report, *exports = pool.map(run, range(3))
+
+    state = load_state(store)
+    assert state.budget_spent == 6
+    assert report.imported + len(report.over_budget) + len(report.requeued_elsewhere) == len(late)
+    assert sum(e.size for e in exports) + report.imported == 6
+    assert state.queued.isdisjoint(state.labelled)
+
+
 def test_a_serial_commit_on_a_stale_read_is_refused(storage):
     catalog = Catalog(open_store(storage))
     row = pa.table({"batch_id": ["b1"], "released_at": ["t"], "reason": ["r"], "returned": [["x"]]})

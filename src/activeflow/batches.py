@@ -114,6 +114,8 @@ def write_batch(
     for name, content in files.items():  # all made before any is written
         store.put(batch_file_key(manifest.batch_id, name), content)
     try:
+        if settings.budget.total is not None:  # late labels spend too: see Catalog.advance
+            state.catalog.advance("labels", after=state.sequences["labels"])
         state.catalog.append("batch_items", manifest_rows(manifest), after=state.sequences["batch_items"])
     except BaseException:
         for name in files:

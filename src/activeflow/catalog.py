@@ -240,6 +240,13 @@ class Catalog:
         except (DeltaError, OSError) as error:
             raise CatalogError.because(f"cannot write catalog table {name}", error) from error
 
+    def advance(self, name: str, *, after: int) -> None:
+        """A serial commit with no rows: writers deciding on ``name`` as of ``after`` must
+        decide again. Budget spending is written to two tables (exports to batch_items, late
+        labels to labels); each writer advances the other's table before committing its own,
+        so of two spends decided on the same state only one lands."""
+        self.append(name, TABLES[name].empty_table(), after=after)
+
     def insert_new(self, name: str, rows: pa.Table, key: str) -> int:
         """Insert the rows whose ``key`` the table lacks; returns how many were new. Safe
         against concurrent writers: a merge that lost a race is rerun on the new state."""

@@ -126,9 +126,12 @@ def _import_once(
         disagreements=parsed.disagreements,
     )
     new = _sort_records(state, batch_id, parsed.records, report)
-    if batch_id in state.released:
+    spends = batch_id in state.released and settings.budget.total is not None
+    if spends:
         new = _within_budget(state, batch_id, new, settings.budget.total, report)
     if new:
+        if spends:  # against what exports spend meanwhile: see Catalog.advance
+            state.catalog.advance("batch_items", after=state.sequences["batch_items"])
         _commit(state, batch_id, file_name, new)
     report.imported = len(new)
     labelled_now = set(state.labelled) | {record.sample_id for record in new}
