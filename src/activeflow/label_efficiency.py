@@ -24,7 +24,6 @@ Core module: no Prefect; ``flows/benchmark.py`` runs the (strategy, seed) runs a
 
 from __future__ import annotations
 
-import io
 import json
 import math
 import os
@@ -42,6 +41,7 @@ from pydantic import BaseModel, Field, model_validator
 from activeflow import batches, label_import, scoring, selection, simulation, stopping, training
 from activeflow.ingest import content_id, image_extension, ingest_images
 from activeflow.pool import load_state
+from activeflow.reporting import Series, line_chart_png
 from activeflow.settings import SelectorName, Settings
 from activeflow.sources import SourceImage, iter_source
 from activeflow.store import open_store
@@ -634,34 +634,26 @@ def markdown_table(summary: BenchmarkSummary) -> str:
 
 
 def learning_curve_png(summary: BenchmarkSummary, title: str = "Label efficiency") -> bytes:
-    import matplotlib
-
-    matplotlib.use("Agg")  # no display on servers and CI
-    from matplotlib import pyplot as plt
-
-    figure, axes = plt.subplots(figsize=(9, 5.5))
-    colours = plt.get_cmap("tab10" if len(summary.strategies) <= 10 else "tab20")
-    for index, s in enumerate(summary.strategies):
-        c = s.curve
-        colour = "black" if s.strategy == BASELINE else colours(index % colours.N)
-        mean, sd = np.array(c.mean) * 100, np.array(c.sd) * 100
-        style = "--" if s.strategy == BASELINE else "-"
-        axes.plot(c.labels, mean, style, marker="o", markersize=3, color=colour, label=s.strategy)
-        axes.fill_between(c.labels, mean - sd, mean + sd, color=colour, alpha=0.12, linewidth=0)
+    series = [
+        Series(
+            name=s.strategy,
+            x=s.curve.labels,
+            y=[100 * v for v in s.curve.mean],
+            sd=[100 * v for v in s.curve.sd],
+            style="--" if s.strategy == BASELINE else "-",
+            colour="black" if s.strategy == BASELINE else None,
+        )
+        for s in summary.strategies
+    ]
     if summary.baseline is not None:
         b = summary.baseline.curve
-        axes.plot(b.labels, np.array(b.mean) * 100, ":", marker="x", markersize=3, color="grey",
-                  label="baseline: pixels (random's labels)")
-    axes.axhline(summary.target.random_final_mean * 100, color="grey", linewidth=0.8, linestyle=":")
-    axes.set_xlabel("training labels (seed set included)")
-    axes.set_ylabel("test accuracy, % (mean ± 1 sd over seeds)")
-    axes.set_title(title)
-    axes.grid(alpha=0.3)
-    axes.legend(fontsize=8, ncol=2, loc="lower right")
-    buffer = io.BytesIO()
-    figure.savefig(buffer, format="png", dpi=110, bbox_inches="tight")
-    plt.close(figure)
-    return buffer.getvalue()
+        series.append(Series(name="baseline: pixels (random's labels)", x=b.labels,
+                             y=[100 * v for v in b.mean], style=":", marker="x", colour="grey"))
+    return line_chart_png(
+        series, title=title, xlabel="training labels (seed set included)",
+        ylabel="test accuracy, % (mean ± 1 sd over seeds)",
+        reference=summary.target.random_final_mean * 100, size=(9, 5.5),
+    )
 
 
 def write_benchmark_report(

@@ -14,9 +14,9 @@ from typing import TYPE_CHECKING
 import numpy as np
 from pydantic import BaseModel
 
-from activeflow.pool import BatchManifest, PoolState, promotions
+from activeflow.pool import BatchManifest, PoolState, promotions, trained_models
 from activeflow.reporting import CurvePoint
-from activeflow.store import ObjectStore, get_json
+from activeflow.store import ObjectStore
 from activeflow.strategies import CRITERIA
 
 if TYPE_CHECKING:  # only annotations here
@@ -241,8 +241,6 @@ def learning_curve(store: ObjectStore) -> list[CurveRow]:
     """Every finished model (one with metrics.json), oldest first: accuracy against the
     training labels it used, and whether it was ever promoted."""
     promoted = {promotion.version for promotion in promotions(store)}
-    metrics = [get_json(store, key) for key in store.list("models/") if key.endswith("/metrics.json")]
-    metrics.sort(key=lambda m: (m["created_at"], m["version"]))
     return [
         CurveRow(
             round=number,
@@ -252,7 +250,7 @@ def learning_curve(store: ObjectStore) -> list[CurveRow]:
             accuracy=float(m["accuracy"]),
             promoted=m["version"] in promoted,
         )
-        for number, m in enumerate(metrics, start=1)
+        for number, m in enumerate(trained_models(store), start=1)
     ]
 
 

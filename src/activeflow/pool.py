@@ -393,3 +393,10 @@ def promotions(store: ObjectStore) -> list[Promotion]:
 def current_champion(store: ObjectStore) -> Promotion | None:
     keys = store.list("models/champion/")
     return Promotion.model_validate(get_json(store, keys[-1])) if keys else None
+
+
+def trained_models(store: ObjectStore) -> list[dict[str, object]]:
+    """Metrics of every finished model (one with metrics.json), oldest first."""
+    metrics = [get_json(store, key) for key in store.list("models/") if key.endswith("/metrics.json")]
+    metrics.sort(key=lambda m: (m["created_at"], m["version"]))
+    return metrics

@@ -33,25 +33,58 @@ def round_table(points: Sequence[CurvePoint]) -> str:
     return "\n".join(lines)
 
 
-def learning_curve_png(points: Sequence[CurvePoint], title: str = "Learning curve") -> bytes:
+class Series(BaseModel):
+    """One line of a chart, with an optional ±sd band."""
+
+    name: str
+    x: list[float]
+    y: list[float]
+    sd: list[float] | None = None
+    style: str = "-"
+    marker: str = "o"
+    colour: str | None = None  # None: the next colour of the palette
+
+
+def line_chart_png(
+    series: Sequence[Series], *, title: str, xlabel: str, ylabel: str,
+    reference: float | None = None, size: tuple[float, float] = (7, 4.5),
+) -> bytes:
+    """A PNG of ``series`` (and a dotted horizontal line at ``reference``)."""
     import matplotlib
 
     matplotlib.use("Agg")  # no display on servers and CI
     from matplotlib import pyplot as plt
 
-    figure, axes = plt.subplots(figsize=(7, 4.5))
-    for strategy in sorted({p.strategy for p in points}):
-        curve = sorted((p for p in points if p.strategy == strategy), key=lambda p: p.round)
-        axes.plot([p.labels for p in curve], [p.accuracy for p in curve], marker="o", label=strategy)
-    axes.set_xlabel("training labels")
-    axes.set_ylabel("test accuracy")
+    figure, axes = plt.subplots(figsize=size)
+    palette = plt.get_cmap("tab10" if len(series) <= 10 else "tab20")
+    for index, line in enumerate(series):
+        colour = line.colour or palette(index % palette.N)
+        axes.plot(line.x, line.y, line.style, marker=line.marker, markersize=3 if line.sd else 6,
+                  color=colour, label=line.name)
+        if line.sd is not None:
+            low = [y - sd for y, sd in zip(line.y, line.sd, strict=True)]
+            high = [y + sd for y, sd in zip(line.y, line.sd, strict=True)]
+            axes.fill_between(line.x, low, high, color=colour, alpha=0.12, linewidth=0)
+    if reference is not None:
+        axes.axhline(reference, color="grey", linewidth=0.8, linestyle=":")
+    axes.set_xlabel(xlabel)
+    axes.set_ylabel(ylabel)
     axes.set_title(title)
     axes.grid(alpha=0.3)
-    axes.legend()
+    axes.legend(fontsize=8 if len(series) > 4 else None, ncol=2 if len(series) > 4 else 1,
+                loc="lower right")
     buffer = io.BytesIO()
     figure.savefig(buffer, format="png", dpi=110, bbox_inches="tight")
     plt.close(figure)
     return buffer.getvalue()
+
+
+def learning_curve_png(points: Sequence[CurvePoint], title: str = "Learning curve") -> bytes:
+    series = []
+    for strategy in sorted({p.strategy for p in points}):
+        curve = sorted((p for p in points if p.strategy == strategy), key=lambda p: p.round)
+        series.append(Series(name=strategy, x=[p.labels for p in curve], y=[p.accuracy for p in curve]))
+    return line_chart_png(series, title=title, xlabel="training labels", ylabel="test accuracy")
 
 
 def write_report(out: Path, points: Sequence[CurvePoint]) -> dict[str, Path]:

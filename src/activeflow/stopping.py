@@ -29,9 +29,9 @@ from collections.abc import Callable, Sequence
 import numpy as np
 from pydantic import BaseModel
 
-from activeflow.pool import load_state
+from activeflow.pool import load_state, trained_models
 from activeflow.settings import Settings
-from activeflow.store import ObjectStore, get_json
+from activeflow.store import ObjectStore
 
 AGREEMENT_THRESHOLD = 0.98
 SLOPE_THRESHOLD = 0.5  # accuracy points per 100 labels
@@ -136,13 +136,6 @@ def stopping_signal(
         stop=stop,
         summary=summary,
     )
-
-
-def trained_models(store: ObjectStore) -> list[dict[str, object]]:
-    """Metrics of every finished model (one with metrics.json), oldest first."""
-    metrics = [get_json(store, key) for key in store.list("models/") if key.endswith("/metrics.json")]
-    metrics.sort(key=lambda m: (m["created_at"], m["version"]))
-    return metrics
 
 
 def store_stopping_signal(
