@@ -56,6 +56,13 @@ def test_deployments_follow_the_settings():
     assert "Most labels this run's batch may ask for" in form["definitions"]["ExportOptions"]["properties"]["budget_per_run"]["description"]
 
 
+def test_flows_run_by_the_cli_score_on_schedule_max_workers_threads_too():
+    from activeflow.flows.score import SCORING_WORKERS, scoring_task_runner
+
+    assert scoring_task_runner(load_settings(schedule={"max_workers": 5}))._max_workers == 5
+    assert SCORING_WORKERS == ScheduleSettings().max_workers  # the flows' default is the setting's
+
+
 def test_served_runs_get_the_settings_serve_started_with(monkeypatch, tmp_path):
     settings = load_settings(
         storage={"uri": "s3://bucket/prefix", "endpoint_url": "http://localhost:8333"},

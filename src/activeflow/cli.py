@@ -363,8 +363,11 @@ def _run(args: argparse.Namespace, settings: Settings) -> Any:
         return retrain_flow(settings)
     if command == "cycle":
         from activeflow.flows.cycle import cycle_flow
+        from activeflow.flows.score import shard_runner
 
-        return cycle_flow(settings, simulate=args.simulate, oracle=args.oracle, rounds=args.rounds)
+        return cycle_flow.with_options(task_runner=shard_runner(settings))(
+            settings, simulate=args.simulate, oracle=args.oracle, rounds=args.rounds
+        )
     if command == "demo":
         return _demo(args, settings)
     if command == "benchmark":
@@ -380,11 +383,12 @@ def _run(args: argparse.Namespace, settings: Settings) -> Any:
 def _demo(args: argparse.Namespace, settings: Settings) -> Any:
     from activeflow.demo_data import demo_settings
     from activeflow.flows.demo import demo_flow
+    from activeflow.flows.score import shard_runner
 
     logs = "shown above" if args.verbose else f"in {Path(args.out) / 'activeflow.log'} (-v shows them here)"
     print(f"activeflow demo: margin against random, {args.rounds} rounds of {args.budget} labels "
           f"each; about 5 to 10 minutes on 2 cores. Prefect's logs are {logs}.", file=sys.stderr)
-    result = demo_flow(
+    result = demo_flow.with_options(task_runner=shard_runner(settings))(
         demo_settings(settings, per_run=args.budget), out=args.out, rounds=args.rounds
     )
     print(result.table)

@@ -32,11 +32,11 @@ from prefect.exceptions import TerminationSignal
 from prefect.runner import Runner
 from prefect.schedules import Cron, Interval
 from prefect.settings import get_current_settings
-from prefect.task_runners import ThreadPoolTaskRunner
 from pydantic import SecretStr
 
 from activeflow.flows.import_and_retrain import import_and_retrain_flow
 from activeflow.flows.ingest_score_export import ingest_score_export_flow
+from activeflow.flows.score import shard_runner
 from activeflow.flows.watch_labels import watch_labels_flow
 from activeflow.parameters import ExportOptions
 from activeflow.settings import Settings, SettingsError
@@ -66,8 +66,7 @@ def labels_ready_trigger() -> DeploymentEventTrigger:
 def deployment_specs(settings: Settings) -> list[tuple[Flow[..., Any], dict[str, Any]]]:
     """Each served flow, configured from ``settings``, with its deployment's options."""
     schedule = settings.schedule
-    # Bounded: Prefect's default thread pool is not, and every shard in flight holds its images.
-    runner = ThreadPoolTaskRunner(max_workers=schedule.max_workers)
+    runner = shard_runner(settings)
     nightly = Cron(
         schedule.cron,
         timezone=schedule.timezone,

@@ -335,7 +335,8 @@ class ScheduleSettings(_Group):
         description="Where in the store labellers drop completed exports as <batch-id>.json or .csv.",
     )
     max_workers: int = Field(
-        2, ge=1, le=64, description="Threads a served flow scores shards with (bounds memory)."
+        2, ge=1, le=64,
+        description="Threads a flow (served or run by the CLI) scores shards with (bounds memory).",
     )
 
     @field_validator("cron")

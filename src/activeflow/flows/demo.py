@@ -3,18 +3,17 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from prefect import flow, task
-from prefect.cache_policies import NO_CACHE
+from prefect import flow
 from prefect.task_runners import ThreadPoolTaskRunner
 from pydantic import BaseModel
 
-from activeflow.demo_data import DemoData, prepare_demo_folder, write_digits
 from activeflow.flows.cycle import run_round
 from activeflow.flows.retrain import retrain_model
 from activeflow.flows.score import SCORING_WORKERS
-from activeflow.reporting import CurvePoint, round_table, write_report
+from activeflow.reporting import CurvePoint, round_table
 from activeflow.settings import SelectorName, Settings
 from activeflow.tasks.ingest import ingest_source
+from activeflow.tasks.demo import write_demo_data, write_demo_report
 from activeflow.tasks.simulation import load_ground_truth
 from activeflow.training import PromotionDecision
 
@@ -27,17 +26,6 @@ class DemoResult(BaseModel):
     points: list[CurvePoint]
     table: str
     files: dict[str, str]
-
-
-@task(name="write-demo-data", cache_policy=NO_CACHE)
-def write_demo_data(out: str, rounds: int, seed: int) -> DemoData:
-    prepare_demo_folder(Path(out))
-    return write_digits(Path(out) / "data", arrivals=rounds, seed=seed)
-
-
-@task(name="write-report", cache_policy=NO_CACHE)
-def write_demo_report(out: str, points: list[CurvePoint]) -> dict[str, str]:
-    return {name: str(path) for name, path in write_report(Path(out), points).items()}
 
 
 def _point(strategy: str, number: int, decision: PromotionDecision) -> CurvePoint:

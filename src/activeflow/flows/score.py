@@ -9,11 +9,17 @@ from prefect.futures import as_completed
 from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
 
 from activeflow.scoring import ScoringPlan
-from activeflow.settings import ScoringSettings, Settings, load_settings
+from activeflow.settings import ScheduleSettings, Settings, load_settings
 from activeflow.tasks.scoring import commit_scores, plan_scoring, score_shard
 
 # Bounded: Prefect's default thread pool is not, and every shard in flight holds its images.
-SCORING_WORKERS = 2
+# The flows' default; a run given settings uses schedule.max_workers (shard_runner).
+SCORING_WORKERS: int = ScheduleSettings.model_fields["max_workers"].default
+
+
+def shard_runner(settings: Settings) -> ThreadPoolTaskRunner:
+    """The thread pool a flow runs its shards on: ``schedule.max_workers`` threads."""
+    return ThreadPoolTaskRunner(max_workers=settings.schedule.max_workers)
 
 
 def score_pool(settings: Settings) -> ScoringPlan:
@@ -63,12 +69,13 @@ def _score_shards(settings: Settings) -> ScoringPlan:
     return plan
 
 
-def scoring_task_runner(scoring: ScoringSettings) -> TaskRunner:
-    """The task runner ``scoring.runner`` names: a bounded thread pool, or prefect-dask's
-    DaskTaskRunner on the cluster at ``dask_address`` (or on a local cluster of
-    ``dask_workers`` single-threaded processes: TensorFlow uses every core of a worker)."""
+def scoring_task_runner(settings: Settings) -> TaskRunner:
+    """The task runner ``scoring.runner`` names: the bounded thread pool (shard_runner), or
+    prefect-dask's DaskTaskRunner on the cluster at ``dask_address`` (or on a local cluster
+    of ``dask_workers`` single-threaded processes: TensorFlow uses every core of a worker)."""
+    scoring = settings.scoring
     if scoring.runner == "threads":
-        return ThreadPoolTaskRunner(max_workers=SCORING_WORKERS)
+        return shard_runner(settings)
     from prefect_dask import DaskTaskRunner  # imports dask: only when asked for
 
     if scoring.dask_address:
@@ -109,4 +116,4 @@ def score_flow(settings: Settings | None = None) -> ScoringPlan:
 
 def run_score_flow(settings: Settings) -> ScoringPlan:
     """The score flow on the runner the settings name."""
-    return score_flow.with_options(task_runner=scoring_task_runner(settings.scoring))(settings)
+    return score_flow.with_options(task_runner=scoring_task_runner(settings))(settings)
