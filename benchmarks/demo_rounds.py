@@ -17,8 +17,9 @@ import tempfile
 import time
 from pathlib import Path
 
-from activeflow import batches, label_import, scoring, simulation, training
-from activeflow.demo_data import demo_settings, write_digits
+from activeflow import batches, label_import, scoring, training
+from activeflow.evaluation import simulation
+from activeflow.evaluation.demo_data import demo_settings, write_digits
 from activeflow.ingest import ingest_images
 from activeflow.pool import load_state
 from activeflow.settings import load_settings

@@ -1,6 +1,6 @@
 """Label efficiency of every strategy against random, on the bundled digits by default.
 
-The same core functions as the `benchmark` flow (activeflow.label_efficiency), without Prefect:
+The same core functions as the `benchmark` flow (activeflow.evaluation.label_efficiency), without Prefect:
 the (strategy, seed) runs go to a pool of worker processes (TensorFlow trains tiny models with
 Python overhead that threads would serialise on the GIL). Seed-major order, and every finished
 run is appended to runs.jsonl at once, so a run cut short still has whole seeds to report on
@@ -51,7 +51,7 @@ def _die_with_parent() -> None:
 
 
 def _run(spec_json: str) -> list[dict]:
-    from activeflow import label_efficiency as le
+    from activeflow.evaluation import label_efficiency as le
 
     spec = le.RunSpec.model_validate_json(spec_json)
     return [r.model_dump() for r in le.run_strategy_seed(spec)]
@@ -75,8 +75,8 @@ def _overrides(pairs: list[str]) -> dict[str, dict]:
 
 
 def main() -> None:
-    from activeflow import label_efficiency as le
-    from activeflow.demo_data import demo_settings
+    from activeflow.evaluation import label_efficiency as le
+    from activeflow.evaluation.demo_data import demo_settings
     from activeflow.settings import load_settings
 
     parser = argparse.ArgumentParser()

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from activeflow.demo_data import write_digits
+from activeflow.evaluation.demo_data import write_digits
 from activeflow.flows.benchmark import benchmark_flow
 from activeflow.flows.cycle import cycle_flow
 from activeflow.flows.ingest import ingest_flow

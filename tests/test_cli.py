@@ -105,7 +105,8 @@ def test_retrain_without_classes_says_how_to_set_them(tmp_path, capsys):
 
 def test_core_modules_import_without_prefect():
     core = ["settings", "store", "strategies", "pool", "sources", "ingest", "modeling", "scoring",
-            "batches", "labelling", "label_import", "training", "simulation", "demo_data", "reporting"]
+            "batches", "labelling", "label_import", "training", "reporting",
+            "evaluation.simulation", "evaluation.demo_data", "evaluation.label_efficiency"]
     code = "import sys\n" + "".join(f"import activeflow.{m}\n" for m in core) + \
         "assert 'prefect' not in sys.modules, sorted(m for m in sys.modules if 'prefect' in m)[:5]"
     subprocess.run([sys.executable, "-c", code], check=True)

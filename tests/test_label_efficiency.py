@@ -7,7 +7,7 @@ import json
 import pytest
 from images import write_labelled_tree
 
-from activeflow import label_efficiency as le
+from activeflow.evaluation import label_efficiency as le
 from activeflow.sources import SourceImage, iter_source
 
 
@@ -155,7 +155,7 @@ def test_the_benchmark_and_selection_core_import_no_prefect():
     import subprocess
     import sys
 
-    code = "import sys, activeflow.label_efficiency, activeflow.selection; print('prefect' in sys.modules)"
+    code = "import sys, activeflow.evaluation.label_efficiency, activeflow.selection; print('prefect' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
 

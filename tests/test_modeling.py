@@ -365,7 +365,7 @@ def test_the_gate_compares_with_the_champion_on_the_candidates_test_set(tmp_path
     """A test set that grew since the champion was promoted: the champion's recorded
     accuracy is of the old set, so it is re-evaluated on the new one before comparing."""
     from activeflow import training
-    from activeflow.demo_data import write_digits
+    from activeflow.evaluation.demo_data import write_digits
     from activeflow.ingest import ingest_images
     from activeflow.pool import load_state
     from activeflow.settings import load_settings

@@ -14,7 +14,7 @@ from images import write_image
 
 from activeflow import modeling, scoring, selection, strategies, training
 from activeflow.batches import export_batch
-from activeflow.demo_data import write_digits
+from activeflow.evaluation.demo_data import write_digits
 from activeflow.ingest import ingest_images
 from activeflow.pool import (
     BatchItemRecord,

@@ -221,11 +221,11 @@ def _prefect_logs(args: argparse.Namespace, *, restore: bool) -> Iterator[None]:
 
 def _prepare_out_folder(command: str, out: Path) -> None:
     if command == "demo":
-        from activeflow.demo_data import prepare_demo_folder
+        from activeflow.evaluation.demo_data import prepare_demo_folder
 
         prepare_demo_folder(out)
     else:
-        from activeflow.label_efficiency import prepare_out_folder
+        from activeflow.evaluation.label_efficiency import prepare_out_folder
 
         prepare_out_folder(out)
 
@@ -298,7 +298,7 @@ def _over_budget_warning(result: Any) -> str | None:
 
 
 def _core_errors() -> tuple[type[Exception], ...]:
-    from activeflow.label_efficiency import BenchmarkError
+    from activeflow.evaluation.label_efficiency import BenchmarkError
     from activeflow.label_studio import LabelStudioError
     from activeflow.labelling import LabelFileError
     from activeflow.catalog import CatalogConflict
@@ -381,7 +381,7 @@ def _run(args: argparse.Namespace, settings: Settings) -> Any:
 
 
 def _demo(args: argparse.Namespace, settings: Settings) -> Any:
-    from activeflow.demo_data import demo_settings
+    from activeflow.evaluation.demo_data import demo_settings
     from activeflow.flows.demo import demo_flow
     from activeflow.flows.score import shard_runner
 
@@ -398,8 +398,8 @@ def _demo(args: argparse.Namespace, settings: Settings) -> Any:
 def _benchmark(args: argparse.Namespace, settings: Settings) -> Any:
     from prefect.task_runners import ThreadPoolTaskRunner
 
-    from activeflow import label_efficiency
-    from activeflow.demo_data import demo_settings
+    from activeflow.evaluation import label_efficiency
+    from activeflow.evaluation.demo_data import demo_settings
     from activeflow.flows.benchmark import benchmark_flow
 
     strategies = (

@@ -6,7 +6,7 @@ from prefect import flow
 from prefect.task_runners import ThreadPoolTaskRunner
 from pydantic import BaseModel
 
-from activeflow import label_efficiency as le
+from activeflow.evaluation import label_efficiency as le
 from activeflow.settings import SelectorName, Settings, load_settings
 from activeflow.tasks.benchmark import prepare_benchmark_data, run_strategy_seed, write_benchmark_report
 

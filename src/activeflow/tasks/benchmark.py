@@ -1,4 +1,4 @@
-"""Tasks of the label-efficiency benchmark: thin adapters over activeflow.label_efficiency."""
+"""Tasks of the label-efficiency benchmark: thin adapters over activeflow.evaluation.label_efficiency."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from pathlib import Path
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-from activeflow import label_efficiency as le
+from activeflow.evaluation import label_efficiency as le
 from activeflow.settings import Settings
 
 

@@ -5,7 +5,7 @@ from pathlib import Path
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-from activeflow.demo_data import DemoData, prepare_demo_folder, write_digits
+from activeflow.evaluation.demo_data import DemoData, prepare_demo_folder, write_digits
 from activeflow.reporting import CurvePoint, write_report
 
 

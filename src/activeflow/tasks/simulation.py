@@ -3,7 +3,7 @@ from __future__ import annotations
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-from activeflow import simulation
+from activeflow.evaluation import simulation
 from activeflow.pool import load_state
 from activeflow.settings import Settings
 from activeflow.store import open_store

@@ -38,7 +38,8 @@ from typing import get_args
 import numpy as np
 from pydantic import BaseModel, Field, model_validator
 
-from activeflow import batches, label_import, scoring, selection, simulation, stopping, training
+from activeflow import batches, label_import, scoring, selection, stopping, training
+from activeflow.evaluation import simulation
 from activeflow.ingest import content_id, image_extension, ingest_images
 from activeflow.pool import load_state
 from activeflow.reporting import Series, line_chart_png
@@ -51,7 +52,7 @@ DEFAULT_STRATEGIES: tuple[str, ...] = tuple(
     name for name in get_args(SelectorName) if name != BASELINE
 )
 DIGITS = "digits"  # the ``dataset`` value (or None) for scikit-learn's bundled digits
-SHAPES = "shapes"  # ``shapes[:N]``: synthetic shapes of N classes (activeflow.synthetic_shapes)
+SHAPES = "shapes"  # ``shapes[:N]``: synthetic shapes of N classes (activeflow.evaluation.synthetic_shapes)
 _MARKER = ".activeflow-benchmark"
 
 
@@ -140,7 +141,7 @@ def prepare_dataset(
     if dataset is not None and dataset.split(":")[0] == SHAPES:
         return _split_folder(folder, str(_write_shapes(folder / "shapes", dataset)), test_size, seed)
     if dataset in (None, DIGITS):
-        from activeflow.demo_data import write_digits
+        from activeflow.evaluation.demo_data import write_digits
 
         count = int(test_size) if test_size >= 1 else round(test_size * 1797)
         # arrivals=2: write_digits cannot make 1; the truth folder holds every arrival either way.
@@ -151,7 +152,7 @@ def prepare_dataset(
 
 def _write_shapes(folder: Path, dataset: str) -> Path:
     """``shapes`` or ``shapes:N``: N classes (default 5) of 300 synthetic 64 px images each."""
-    from activeflow.synthetic_shapes import DEFAULT_CLASSES, write_shapes
+    from activeflow.evaluation.synthetic_shapes import DEFAULT_CLASSES, write_shapes
 
     count = dataset.split(":", 1)[1] if ":" in dataset else str(DEFAULT_CLASSES)
     if not count.isdigit():
