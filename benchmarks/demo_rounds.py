@@ -34,20 +34,6 @@ def timed(timings: dict[str, float], step: str, fn, *args, **kwargs):
     return result
 
 
-def score_all(store, settings):
-    plan = scoring.plan_scoring(load_state(store), settings)
-    scored = sum(
-        scoring.score_shard(store, settings, plan.model_version, plan.run_id, i, keys)
-        for i, keys in enumerate(plan.shards)
-    )
-    scoring.commit_scores(store, plan, scored)
-
-
-def train(store, settings):
-    metrics = training.train_candidate(store, load_state(store), settings)
-    return training.promote_if_not_worse(store, metrics)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--strategy", default="margin")
@@ -71,18 +57,18 @@ def main() -> None:
         ingest_images(store, iter_source(str(data.test), labelled=True), split="test")
         ingest_images(store, iter_source(str(data.seed), labelled=True), split="train")
         seed_timings: dict[str, float] = {}
-        seed = timed(seed_timings, "train", train, store, settings)
+        seed = timed(seed_timings, "train", training.retrain, store, settings)
         rounds = [{"round": 0, "labels": seed.labels_used, "accuracy": seed.accuracy, "seconds": seed_timings}]
         for number, arrival in enumerate(data.arrivals, start=1):
             t: dict[str, float] = {}
             timed(t, "ingest", ingest_images, store, iter_source(str(arrival), labelled=False))
-            timed(t, "score", score_all, store, settings)
+            timed(t, "score", scoring.score_pool, store, settings)
             exported = timed(t, "select", batches.export_batch, store, settings)
             manifest = load_state(store).batches[exported.batch_id]
             answers = simulation.oracle_answers(manifest, truth)
             timed(t, "import", label_import.import_labels, store, load_state(store), settings,
                   exported.batch_id, "oracle.csv", answers)
-            decision = timed(t, "train", train, store, settings)
+            decision = timed(t, "train", training.retrain, store, settings)
             rounds.append({"round": number, "labels": decision.labels_used,
                            "accuracy": decision.accuracy, "seconds": t})
 

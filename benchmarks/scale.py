@@ -162,23 +162,16 @@ from pathlib import Path
 from activeflow import modeling, scoring
 from activeflow.batches import export_batch
 from activeflow.ingest import ingest_images
-from activeflow.pool import load_state
 from activeflow.settings import load_settings
 from activeflow.sources import iter_source
 settings = load_settings(storage={{"uri": str(store.root)}}, data={{"classes": {classes}}}, budget={{"per_run": 100}})
 store.put("models/m1/model.keras", modeling.model_to_bytes(modeling.build_classifier(settings.model, 10)))
 inbox = write_pngs(Path(sys.argv[1]).parent / "inbox", {new}, side=32, seed=1)
 
-def score(plan):
-    scored = sum(scoring.score_shard(store, settings, plan.model_version, plan.run_id, i, keys)
-                 for i, keys in enumerate(plan.shards))
-    scoring.commit_scores(store, plan, scored)
-
 start = time.perf_counter()
 ingest_images(store, iter_source(str(inbox), labelled=False))
 ingested = time.perf_counter()
-plan = scoring.plan_scoring(load_state(store), settings)
-score(plan)
+plan = scoring.score_pool(store, settings)
 scored = time.perf_counter()
 export_batch(store, settings)
 night = time.perf_counter()

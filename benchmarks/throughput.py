@@ -131,10 +131,7 @@ def measure_scoring(settings, version: str, repeats: int) -> dict[str, float]:
         model.predict(pixels, batch_size=settings.model.batch_size, verbose=0)
 
     def core() -> None:
-        plan = scoring.plan_scoring(load_state(store), settings)
-        scored = sum(scoring.score_shard(store, settings, version, plan.run_id, i, shard)
-                     for i, shard in enumerate(plan.shards))
-        scoring.commit_scores(store, plan, scored)
+        scoring.score_pool(store, settings)
 
     def flow() -> None:
         assert run_score_flow(settings).total == len(keys)

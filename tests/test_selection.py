@@ -61,13 +61,7 @@ def _store_copy(trained_store, tmp_path):
 
 
 def _score(store, settings):
-    plan = scoring.plan_scoring(load_state(store), settings)
-    scored = sum(
-        scoring.score_shard(store, settings, plan.model_version, plan.run_id, i, keys)
-        for i, keys in enumerate(plan.shards)
-    )
-    scoring.commit_scores(store, plan, scored)
-    return plan
+    return scoring.score_pool(store, settings)
 
 
 def test_a_scoring_run_scores_only_what_its_champion_has_not_scored(trained_store, tmp_path):

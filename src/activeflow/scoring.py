@@ -32,7 +32,7 @@ import pyarrow.parquet as pq
 from pydantic import BaseModel
 
 from activeflow import strategies  # modeling (TensorFlow, seconds to import) only where a model runs
-from activeflow.pool import PoolState, model_key, new_id, sort_ids
+from activeflow.pool import PoolState, load_state, model_key, new_id, sort_ids
 from activeflow.settings import Settings
 from activeflow.store import ObjectStore, get_json, put_json_if_absent
 
@@ -245,6 +245,18 @@ def embed_samples(
     with lock:
         out = modeling.forward_pool(model, pixels, settings.model.batch_size, embeddings=True)
     return out.embeddings
+
+
+def score_pool(store: ObjectStore, settings: Settings) -> ScoringPlan:
+    """Plan a scoring run with the champion, score its shards one after another and commit
+    it: the whole run without an orchestrator (flows/score.py runs the shards as tasks)."""
+    plan = plan_scoring(load_state(store), settings)
+    scored = sum(
+        score_shard(store, settings, plan.model_version, plan.run_id, index, keys)
+        for index, keys in enumerate(plan.shards)
+    )
+    commit_scores(store, plan, scored)
+    return plan
 
 
 def commit_scores(store: ObjectStore, plan: ScoringPlan, scored: int) -> None:

@@ -15,6 +15,7 @@ from activeflow.pool import (
     PoolState,
     Promotion,
     current_champion,
+    load_state,
     metrics_key,
     model_key,
     new_id,
@@ -218,6 +219,13 @@ def sanity_refusal(metrics: ModelMetrics, tolerance: float) -> str | None:
             f"baseline's {baseline.accuracy:.4f} ({baseline.name}, same labels)"
         )
     return None
+
+
+def retrain(store: ObjectStore, settings: Settings) -> PromotionDecision:
+    """Train a candidate on every label and gate its promotion: a retrain without an
+    orchestrator (flows/retrain.py runs the two steps as tasks and reports them)."""
+    metrics = train_candidate(store, load_state(store), settings)
+    return promote_if_not_worse(store, metrics, settings.model.baseline_tolerance)
 
 
 def promote_if_not_worse(

@@ -39,13 +39,9 @@ def run(request: dict[str, Any]) -> None:
         label_import.import_labels(store, load_state(store), settings, request["batch_id"],
                                    request["file"], content)
     elif op == "score":
-        plan = scoring.plan_scoring(load_state(store), settings)
-        scored = sum(scoring.score_shard(store, settings, plan.model_version, plan.run_id, i, keys)
-                     for i, keys in enumerate(plan.shards))
-        scoring.commit_scores(store, plan, scored)
+        scoring.score_pool(store, settings)
     elif op == "retrain":
-        metrics = training.train_candidate(store, load_state(store), settings)
-        training.promote_if_not_worse(store, metrics, settings.model.baseline_tolerance)
+        training.retrain(store, settings)
     else:
         raise ValueError(f"unknown operation {op!r}")
 

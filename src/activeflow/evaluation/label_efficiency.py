@@ -289,7 +289,7 @@ def run_strategy_seed(spec: RunSpec) -> list[RoundRecord]:
     ingest_images(store, pool, split="pool")
 
     start = time.perf_counter()
-    decision = _retrain(store, settings)
+    decision = training.retrain(store, settings)
     records = [_record(spec, 0, decision, start)]
     for number in range(1, spec.config.rounds + 1):
         start = time.perf_counter()
@@ -299,7 +299,7 @@ def run_strategy_seed(spec: RunSpec) -> list[RoundRecord]:
             break  # the pool is empty
         manifest = load_state(store).batches[exported.batch_id]
         _import_answers(store, settings, exported.batch_id, simulation.oracle_answers(manifest, truth))
-        decision = _retrain(store, settings)
+        decision = training.retrain(store, settings)
         state = load_state(store)
         estimate = selection.batch_pool_estimate(store, state, exported.batch_id)
         signal = stopping.stopping_signal_for_store(store, settings)
@@ -307,21 +307,10 @@ def run_strategy_seed(spec: RunSpec) -> list[RoundRecord]:
     return records
 
 
-def _retrain(store, settings: Settings) -> training.PromotionDecision:  # noqa: ANN001
-    metrics = training.train_candidate(store, load_state(store), settings)
-    return training.promote_if_not_worse(store, metrics, settings.model.baseline_tolerance)
-
-
 def _score(store, settings: Settings) -> None:  # noqa: ANN001
-    state = load_state(store)
-    if state.champion is None:
+    if load_state(store).champion is None:
         return  # every candidate so far was refused: the export is a random cold start
-    plan = scoring.plan_scoring(state, settings)
-    scored = sum(
-        scoring.score_shard(store, settings, plan.model_version, plan.run_id, i, keys)
-        for i, keys in enumerate(plan.shards)
-    )
-    scoring.commit_scores(store, plan, scored)
+    scoring.score_pool(store, settings)
 
 
 def _import_answers(store, settings: Settings, batch_id: str, answers: bytes) -> None:  # noqa: ANN001
