@@ -215,3 +215,13 @@ def test_label_locations_outside_the_allowed_roots_are_refused(tmp_path):
     ):
         with pytest.raises(SourceError, match="outside the store and labelling.allowed_label_roots"):
             check_within_roots(outside, [str(root), "s3://bucket/exports"])
+
+
+def test_an_import_that_wrote_no_label_and_found_none_gives_no_retrain():
+    from activeflow.label_import import ImportReport, retrain_refusal
+
+    nothing = ImportReport(batch_id="b1", file="empty.csv", imported=0, unlabelled=["x"])
+    assert retrain_refusal(nothing) == "no labels in the file: not retrained"
+    # Labels imported before still warrant a retrain (a rerun after a failed retrain).
+    assert retrain_refusal(nothing.model_copy(update={"already_imported": 3})) is None
+    assert retrain_refusal(nothing.model_copy(update={"imported": 1})) is None

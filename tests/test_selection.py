@@ -390,3 +390,12 @@ def test_forward_pool_refuses_mc_dropout_without_dropout():
     x = np.zeros((2, 8, 8, 3), dtype="float32")
     with pytest.raises(ValueError, match="Monte-Carlo dropout needs model.dropout > 0"):
         modeling.forward_pool(model, x, 2, mc_passes=2)
+
+
+def test_scoring_is_worth_it_only_with_a_champion_and_budget_left():
+    from activeflow.scoring import worth_scoring
+
+    assert worth_scoring({"champion": "m1", "budget_remaining": None})  # no total budget
+    assert worth_scoring({"champion": "m1", "budget_remaining": 5})
+    assert not worth_scoring({"champion": "m1", "budget_remaining": 0})
+    assert not worth_scoring({"champion": None, "budget_remaining": 5})  # cold start: random

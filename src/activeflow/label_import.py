@@ -65,6 +65,13 @@ def import_labels(
     return retry_on_conflict(attempt)
 
 
+def retrain_refusal(report: ImportReport) -> str | None:
+    """Why an import gives a retrain nothing to learn from (None when it does)."""
+    if report.imported == 0 and report.already_imported == 0:
+        return "no labels in the file: not retrained"
+    return None
+
+
 def check_announced(file_name: str, content: bytes, sha256: str | None) -> None:
     """Refuse ``content`` unless it is the file that was announced with ``sha256`` (the
     watcher's event names the bytes it claimed; None or "" when nothing was announced)."""

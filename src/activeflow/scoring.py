@@ -23,7 +23,7 @@ from __future__ import annotations
 import io
 import threading
 from pathlib import PurePosixPath
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 import pyarrow as pa
@@ -245,6 +245,12 @@ def embed_samples(
     with lock:
         out = modeling.forward_pool(model, pixels, settings.model.batch_size, embeddings=True)
     return out.embeddings
+
+
+def worth_scoring(status: Mapping[str, object]) -> bool:
+    """Whether an export is worth scoring the pool for (``status`` as ``activeflow status``
+    gives it): only with a champion and labels left in the total budget."""
+    return status["champion"] is not None and status["budget_remaining"] != 0
 
 
 def score_pool(store: ObjectStore, settings: Settings) -> ScoringPlan:

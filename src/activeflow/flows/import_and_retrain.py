@@ -4,7 +4,7 @@ from prefect import flow, tags
 from pydantic import BaseModel
 
 from activeflow.flows.retrain import retrain_model
-from activeflow.label_import import ImportReport
+from activeflow.label_import import ImportReport, retrain_refusal
 from activeflow.parameters import RetrainOptions
 from activeflow.settings import load_settings
 from activeflow.tasks.labels import import_label_file
@@ -40,8 +40,8 @@ def import_and_retrain_flow(
     roots = [settings.storage.uri, *settings.labelling.allowed_label_roots]
     with tags(f"batch:{batch_id}"):
         report = import_label_file(settings, batch_id, labels_uri, allowed_roots=roots, sha256=sha256)
-        if report.imported == 0 and report.already_imported == 0:
-            return ImportAndRetrainResult(labels=report, note="no labels in the file: not retrained")
+        if (refusal := retrain_refusal(report)) is not None:
+            return ImportAndRetrainResult(labels=report, note=refusal)
         if not options.retrain:
             return ImportAndRetrainResult(labels=report, note="retrain switched off for this run")
         decision = retrain_model(settings)

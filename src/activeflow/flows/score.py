@@ -8,7 +8,7 @@ from prefect.artifacts import create_progress_artifact, update_progress_artifact
 from prefect.futures import as_completed
 from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
 
-from activeflow.scoring import ScoringPlan
+from activeflow.scoring import ScoringPlan, worth_scoring
 from activeflow.settings import ScheduleSettings, Settings, load_settings
 from activeflow.tasks.scoring import commit_scores, plan_scoring, score_shard
 
@@ -37,12 +37,6 @@ def score_if_worth_it(settings: Settings, status: Mapping[str, object]) -> str |
     """Score the pool when an export is worth it (``worth_scoring``); the model version that
     scored, for the export to rank by (a retrain promoted meanwhile has no scores yet)."""
     return score_pool(settings).model_version if worth_scoring(status) else None
-
-
-def worth_scoring(status: Mapping[str, object]) -> bool:
-    """Whether an export is worth scoring the pool for (``status`` as ``activeflow status``
-    gives it): only with a champion and labels left in the total budget."""
-    return status["champion"] is not None and status["budget_remaining"] != 0
 
 
 def _score_shards(settings: Settings) -> ScoringPlan:
