@@ -294,3 +294,18 @@ def test_sigterm_stops_a_command_and_its_temporary_server(tmp_path):
     while processes_with(str(home)) and time.monotonic() < deadline:
         time.sleep(0.5)
     assert processes_with(str(home)) == []
+
+
+@pytest.mark.parametrize("argv", [
+    ["demo", "--rounds", "0"], ["demo", "--budget", "0"], ["benchmark", "--rounds", "0"],
+    ["benchmark", "--seeds", "0"], ["benchmark", "--budget", "-1"], ["benchmark", "--workers", "0"],
+    ["benchmark", "--seed-per-class", "0"], ["cycle", "--rounds", "0"],
+])
+def test_counts_below_one_are_refused_before_anything_is_written(argv, tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as exit_info:
+        main([*argv, *(["--out", "out"] if argv[0] != "cycle" else [])])
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2
+    assert f"argument {argv[1]}: must be a whole number of at least 1, not {argv[2]!r}" in err
+    assert list(tmp_path.iterdir()) == []

@@ -131,3 +131,18 @@ def test_flows_run_on_an_s3_store(s3_storage, digits, tmp_path):
     store = open_store(settings.storage)
     assert rounds[0].batch.files["csv"].startswith(s3_storage.uri)
     assert store.get(rounds[0].batch.files["csv"].removeprefix(s3_storage.uri + "/")).startswith(b"id,image")
+
+
+def test_the_demo_flow_runs_each_strategy_and_writes_its_report(tmp_path):
+    from activeflow.flows.demo import demo_flow
+
+    settings = load_settings(model=TINY_MODEL, budget={"per_run": 10})
+    out = tmp_path / "demo"
+    result = demo_flow(settings, out=str(out), rounds=1)
+
+    assert [(p.strategy, p.round, p.labels) for p in result.points] == [
+        ("margin", 0, 20), ("margin", 1, 30), ("random", 0, 20), ("random", 1, 30)]
+    assert set(result.files) == {"report", "learning_curve"}
+    assert all(Path(path).is_file() for path in result.files.values())
+    assert (out / ".activeflow-demo").is_file()
+    assert result.table.splitlines()[0].split()[:3] == ["round", "margin", "labels"]

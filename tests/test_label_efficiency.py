@@ -8,6 +8,7 @@ import pytest
 from images import write_labelled_tree
 
 from activeflow.evaluation import label_efficiency as le
+from activeflow.evaluation import prepare_output_folder
 from activeflow.sources import SourceImage, iter_source
 
 
@@ -141,13 +142,15 @@ def test_a_folder_of_one_class_is_refused(tmp_path):
 
 def test_out_folder_not_made_by_the_benchmark_is_refused(tmp_path):
     (tmp_path / "precious.txt").write_text("keep me")
-    with pytest.raises(le.BenchmarkError, match="was not made by `activeflow benchmark`"):
-        le.prepare_out_folder(tmp_path)
+    with pytest.raises(FileExistsError, match="was not made by `activeflow benchmark`"):
+        prepare_output_folder(tmp_path, "benchmark")
     assert [p.name for p in tmp_path.iterdir()] == ["precious.txt"]
     fresh = tmp_path / "bench"
-    le.prepare_out_folder(fresh)
+    prepare_output_folder(fresh, "benchmark")
     (fresh / "stores").mkdir()
-    le.prepare_out_folder(fresh)  # made by the benchmark: emptied again
+    with pytest.raises(FileExistsError, match="was not made by `activeflow demo`"):
+        prepare_output_folder(fresh, "demo")  # a benchmark's folder is not the demo's
+    prepare_output_folder(fresh, "benchmark")  # made by the benchmark: emptied again
     assert not (fresh / "stores").exists()
 
 

@@ -64,31 +64,31 @@ def _parser() -> argparse.ArgumentParser:
     cycle = command("cycle", help="score -> export-batch (simulate: + oracle, retrain)")
     cycle.add_argument("--simulate", action="store_true", help="answer batches from --oracle")
     cycle.add_argument("--oracle", help="ground truth folder laid out as <class>/<image>")
-    cycle.add_argument("--rounds", type=int, default=1)
+    cycle.add_argument("--rounds", type=_at_least_one, default=1)
     _budget_options(cycle)
     _json_flag(cycle)
 
     bench = command("benchmark", help="label efficiency of strategies against random")
     bench.add_argument("--strategies", help="comma-separated (default: all); random always runs")
-    bench.add_argument("--seeds", type=int, default=5)
-    bench.add_argument("--rounds", type=int, default=8)
-    bench.add_argument("--budget", type=int, default=20, help="labels per round")
+    bench.add_argument("--seeds", type=_at_least_one, default=5)
+    bench.add_argument("--rounds", type=_at_least_one, default=8)
+    bench.add_argument("--budget", type=_at_least_one, default=20, help="labels per round")
     bench.add_argument(
         "--dataset",
         help="digits (default: scikit-learn's bundled scans), shapes[:CLASSES] (synthetic, "
         "64 px), a folder <class>/<image> or tfds:NAME[/SPLIT]",
     )
     bench.add_argument("--test-size", type=float, default=0.2, help="fraction, or a count if >= 1")
-    bench.add_argument("--seed-per-class", type=int, default=2)
-    bench.add_argument("--pool-size", type=int)
-    bench.add_argument("--workers", type=int, default=2, help="runs in parallel")
+    bench.add_argument("--seed-per-class", type=_at_least_one, default=2)
+    bench.add_argument("--pool-size", type=_at_least_one)
+    bench.add_argument("--workers", type=_at_least_one, default=2, help="runs in parallel")
     bench.add_argument("--out", default="activeflow-benchmark")
     _json_flag(bench)
 
     demo = command("demo", help="the whole loop on bundled digits, margin vs random")
     demo.add_argument("--out", default="activeflow-demo", help="where data, stores and report go")
-    demo.add_argument("--rounds", type=int, default=8)
-    demo.add_argument("--budget", type=int, default=20, help="labels per round")
+    demo.add_argument("--rounds", type=_at_least_one, default=8)
+    demo.add_argument("--budget", type=_at_least_one, default=20, help="labels per round")
 
     command(
         "serve",
@@ -110,6 +110,17 @@ def _global_options(parser: argparse.ArgumentParser, default: Any) -> None:
 
 def _json_flag(command: argparse.ArgumentParser) -> None:
     command.add_argument("--json", action="store_true", help="print JSON")
+
+
+def _at_least_one(text: str) -> int:
+    """argparse type of a count: a whole number >= 1 (0 rounds or seeds is a typo, not a run)."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a whole number of at least 1, not {text!r}")
+    return value
 
 
 def _budget_options(command: argparse.ArgumentParser) -> None:
@@ -188,7 +199,9 @@ def _prefect_logs(args: argparse.Namespace, *, restore: bool) -> Iterator[None]:
     levels = [h.level for h in consoles]
     log_file = None
     if args.command in ("demo", "benchmark"):
-        _prepare_out_folder(args.command, Path(args.out))  # refuses a folder it did not make
+        from activeflow.evaluation import prepare_output_folder
+
+        prepare_output_folder(Path(args.out), args.command)  # refuses a folder it did not make
         log_file = logging.FileHandler(Path(args.out) / "activeflow.log")
         log_file.setFormatter(consoles[0].formatter if consoles else logging.Formatter())
         root.addHandler(log_file)
@@ -218,16 +231,6 @@ def _prefect_logs(args: argparse.Namespace, *, restore: bool) -> Iterator[None]:
             else:
                 os.environ[_WORKER_CONSOLE_LEVEL] = console_level
 
-
-def _prepare_out_folder(command: str, out: Path) -> None:
-    if command == "demo":
-        from activeflow.evaluation.demo_data import prepare_demo_folder
-
-        prepare_demo_folder(out)
-    else:
-        from activeflow.evaluation.label_efficiency import prepare_out_folder
-
-        prepare_out_folder(out)
 
 
 _stopped_by: list[int] = []  # the signal that stopped this command, once one has

@@ -3,7 +3,6 @@ written out as PNG files in the layouts activeflow ingests."""
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -45,8 +44,10 @@ def write_digits(
         [rng.choice(rest[labels[rest] == c], seed_per_class, replace=False) for c in range(10)]
     )
     pool = rng.permutation(np.setdiff1d(rest, seeds))
+    if arrivals < 1:
+        raise ValueError(f"the digits arrive in at least 1 part, not {arrivals}")
     first = len(pool) // 2 if arrivals > 1 else len(pool)
-    parts = [pool[:first], *np.array_split(pool[first:], max(arrivals - 1, 0))]
+    parts = [pool[:first], *np.array_split(pool[first:], arrivals - 1)] if arrivals > 1 else [pool]
     data = DemoData(
         test=folder / "test",
         seed=folder / "seed",
@@ -63,20 +64,6 @@ def write_digits(
             _write(arrival / f"digit-{i:04d}.png", pixels[i])
             _write(data.truth / str(labels[i]) / f"digit-{i:04d}.png", pixels[i])
     return data
-
-
-_MARKER = ".activeflow-demo"
-
-
-def prepare_demo_folder(out: Path) -> None:
-    """Start each demo afresh: empty a folder a previous demo made; refuse any other."""
-    if out.exists() and any(out.iterdir()):
-        if not (out / _MARKER).is_file():
-            raise FileExistsError(f"{out} exists and was not made by `activeflow demo`; pick another --out")
-        for part in ("data", "stores"):
-            shutil.rmtree(out / part, ignore_errors=True)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / _MARKER).write_text("made by activeflow demo; its data/ and stores/ are replaced on each run\n")
 
 
 def _write(path: Path, pixels: np.ndarray) -> None:

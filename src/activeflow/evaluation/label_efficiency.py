@@ -28,7 +28,6 @@ import json
 import math
 import os
 import platform
-import shutil
 import time
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
@@ -53,7 +52,6 @@ DEFAULT_STRATEGIES: tuple[str, ...] = tuple(
 )
 DIGITS = "digits"  # the ``dataset`` value (or None) for scikit-learn's bundled digits
 SHAPES = "shapes"  # ``shapes[:N]``: synthetic shapes of N classes (activeflow.evaluation.synthetic_shapes)
-_MARKER = ".activeflow-benchmark"
 
 
 class BenchmarkError(ValueError):
@@ -245,17 +243,6 @@ def run_specs(config: BenchmarkConfig, data: BenchmarkData, settings: Settings, 
         for seed in range(config.seeds)
         for strategy in config.all_strategies
     ]
-
-
-def prepare_out_folder(out: Path) -> None:
-    """Start afresh: empty a folder an earlier benchmark made; refuse any other non-empty one."""
-    if out.exists() and any(out.iterdir()):
-        if not (out / _MARKER).is_file():
-            raise BenchmarkError(f"{out} exists and was not made by `activeflow benchmark`; pick another")
-        for part in ("data", "stores"):
-            shutil.rmtree(out / part, ignore_errors=True)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / _MARKER).write_text("made by activeflow benchmark; data/ and stores/ are replaced on each run\n")
 
 
 # One run ---------------------------------------------------------------------------------------

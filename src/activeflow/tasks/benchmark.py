@@ -8,12 +8,13 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from activeflow.evaluation import label_efficiency as le
+from activeflow.evaluation import prepare_output_folder
 from activeflow.settings import Settings
 
 
 @task(name="prepare-benchmark-data", task_run_name="split {dataset}", cache_policy=NO_CACHE)
 def prepare_benchmark_data(out: str, dataset: str | None, test_size: float) -> le.BenchmarkData:
-    le.prepare_out_folder(Path(out))
+    prepare_output_folder(Path(out), "benchmark")
     return le.prepare_dataset(Path(out) / "data", dataset, test_size)
 
 

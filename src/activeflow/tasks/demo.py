@@ -5,13 +5,14 @@ from pathlib import Path
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-from activeflow.evaluation.demo_data import DemoData, prepare_demo_folder, write_digits
+from activeflow.evaluation import prepare_output_folder
+from activeflow.evaluation.demo_data import DemoData, write_digits
 from activeflow.reporting import CurvePoint, write_report
 
 
 @task(name="write-demo-data", cache_policy=NO_CACHE)
 def write_demo_data(out: str, rounds: int, seed: int) -> DemoData:
-    prepare_demo_folder(Path(out))
+    prepare_output_folder(Path(out), "demo")
     return write_digits(Path(out) / "data", arrivals=rounds, seed=seed)
 
 
