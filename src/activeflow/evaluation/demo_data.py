@@ -34,6 +34,8 @@ def write_digits(
 ) -> DemoData:
     """Stratified test set, ``seed_per_class`` labelled seeds per class, and the rest
     unlabelled in ``arrivals`` folders: half at first, then equal parts."""
+    if arrivals < 1:
+        raise ValueError(f"the digits arrive in at least 1 part, not {arrivals}")
     digits = load_digits()
     pixels = np.round(digits.images * (255 / 16)).astype(np.uint8)  # [1797, 8, 8], 0..16 -> 0..255
     labels = digits.target
@@ -44,10 +46,8 @@ def write_digits(
         [rng.choice(rest[labels[rest] == c], seed_per_class, replace=False) for c in range(10)]
     )
     pool = rng.permutation(np.setdiff1d(rest, seeds))
-    if arrivals < 1:
-        raise ValueError(f"the digits arrive in at least 1 part, not {arrivals}")
-    first = len(pool) // 2 if arrivals > 1 else len(pool)
-    parts = [pool[:first], *np.array_split(pool[first:], arrivals - 1)] if arrivals > 1 else [pool]
+    half = len(pool) // 2
+    parts = [pool[:half], *np.array_split(pool[half:], arrivals - 1)] if arrivals > 1 else [pool]
     data = DemoData(
         test=folder / "test",
         seed=folder / "seed",

@@ -40,7 +40,7 @@ from pydantic import BaseModel, Field, model_validator
 from activeflow import batches, label_import, scoring, selection, stopping, training
 from activeflow.evaluation import simulation
 from activeflow.ingest import content_id, image_extension, ingest_images
-from activeflow.pool import load_state
+from activeflow.pool import current_champion, load_state
 from activeflow.reporting import Series, line_chart_png
 from activeflow.settings import SelectorName, Settings
 from activeflow.sources import SourceImage, iter_source
@@ -295,7 +295,7 @@ def run_strategy_seed(spec: RunSpec) -> list[RoundRecord]:
 
 
 def _score(store, settings: Settings) -> None:  # noqa: ANN001
-    if load_state(store).champion is None:
+    if current_champion(store) is None:  # not load_state: score_pool reads the catalog itself
         return  # every candidate so far was refused: the export is a random cold start
     scoring.score_pool(store, settings)
 
