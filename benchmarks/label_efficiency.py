@@ -7,7 +7,7 @@ run is appended to runs.jsonl at once, so a run cut short still has whole seeds 
 (--report-only re-summarises them). Writes benchmark.json, learning_curve.png and table.md.
 
     python benchmarks/label_efficiency.py [--seeds 5] [--rounds 8] [--budget 20] [--workers 2]
-        [--strategies margin,entropy,...] [--dataset digits|shapes[:N]|FOLDER|tfds:NAME]
+        [--strategies margin,entropy,...] [--dataset digits|shapes[-rotated][:N]|FOLDER|tfds:NAME]
         [--seed-per-class 2] [--set model.min_steps=800 ...] [--out DIR] [--report-only]
 
 The model is the default one (what a user gets); --set changes one setting, for hand-tuned

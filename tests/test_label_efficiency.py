@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 from images import write_labelled_tree
+from PIL import Image
 
 from activeflow.evaluation import label_efficiency as le
 from activeflow.evaluation import prepare_output_folder
@@ -202,8 +204,23 @@ def test_synthetic_shapes_are_split_like_any_labelled_folder(tmp_path):
     assert len(sizes) == 1  # every PNG is 64 x 64: one IHDR width/height
 
 
+def test_rotated_shapes_differ_from_upright_ones_only_in_their_angle(tmp_path):
+    from activeflow.evaluation.synthetic_shapes import write_shapes
+
+    write_shapes(tmp_path / "upright", classes=2, per_class=3)
+    write_shapes(tmp_path / "rotated", classes=2, per_class=3, rotate=True)
+
+    def pixels(folder, shape):
+        return [np.asarray(Image.open(f)) for f in sorted((tmp_path / folder / shape).iterdir())]
+
+    # A circle looks the same at any angle; a square does not.
+    assert all(np.array_equal(a, b) for a, b in zip(pixels("upright", "circle"), pixels("rotated", "circle")))
+    assert not any(np.array_equal(a, b) for a, b in zip(pixels("upright", "square"), pixels("rotated", "square")))
+
+
 @pytest.mark.parametrize(("dataset", "message"), [
     ("shapes:x", "write shapes:N with N the number of classes"),
+    ("shapes-rotated:", "write shapes-rotated:N with N the number of classes"),
     ("shapes:1", "synthetic shapes come in 2 to 10 classes, not 1"),
     ("shapes:11", "synthetic shapes come in 2 to 10 classes, not 11"),
 ])

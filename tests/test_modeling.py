@@ -187,6 +187,22 @@ def test_augmentation_keeps_pixels_in_range_and_flips_only_when_asked():
     assert 0 <= jittered.min() and jittered.max() <= 255 and not np.array_equal(jittered, x)
 
 
+def test_grayscale_and_invert_change_the_chosen_share_of_images():
+    rng = np.random.default_rng(0)
+    red = np.zeros((200, 4, 4, 3), np.float32)
+    red[..., 0] = 200
+    still = dict(shift=0, intensity=0)
+    greyed = modeling.augment(red, AugmentSettings(**still, grayscale=0.5), rng)
+    grey = np.all(greyed == np.float32(200 * 0.299), axis=(1, 2, 3))
+    assert 70 < grey.sum() < 130  # about half, at random
+    np.testing.assert_array_equal(greyed[~grey], red[~grey])  # the others keep their colour
+    flat = np.full((20, 4, 4, 3), 90, np.float32)
+    np.testing.assert_allclose(modeling.augment(flat, AugmentSettings(**still, grayscale=1), rng), flat, rtol=1e-6)
+    inverted = modeling.augment(flat, AugmentSettings(**still, grayscale=0, invert=1), rng)
+    np.testing.assert_array_equal(inverted, 255 - flat)
+    assert np.allclose(modeling.augment(flat, AugmentSettings(**still), rng), flat)  # invert is off by default
+
+
 def test_a_seed_gives_the_same_model_while_other_threads_draw_random_numbers():
     """Keras seeds unseeded layers from Python's global ``random``; Prefect's services and
     HTTP clients draw from it in their own threads, which made initial weights depend on

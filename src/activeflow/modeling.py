@@ -417,9 +417,12 @@ class _BestWeights:
             self.model.set_weights(self.weights)
 
 
+_LUMA = np.array([0.299, 0.587, 0.114], np.float32)  # ITU-R 601, as PIL's convert("L")
+
+
 def augment(x: np.ndarray, settings: AugmentSettings, rng: np.random.Generator) -> np.ndarray:
     """Random shifts (edges repeated), optional horizontal flips, brightness and contrast
-    jitter; pixels stay in 0..255. Returns a new array."""
+    jitter, grey images and inversions; pixels stay in 0..255. Returns a new array."""
     n, size = x.shape[0], x.shape[1]
     out = np.empty_like(x)
     reach = int(round(settings.shift * size))
@@ -435,6 +438,12 @@ def augment(x: np.ndarray, settings: AugmentSettings, rng: np.random.Generator) 
         contrast = rng.uniform(1 - settings.intensity, 1 + settings.intensity, (n, 1, 1, 1))
         brightness = rng.uniform(-settings.intensity, settings.intensity, (n, 1, 1, 1)) * 255
         out = np.clip((out - mean) * contrast + mean + brightness, 0, 255)
+    if settings.grayscale:
+        chosen = rng.random(n) < settings.grayscale
+        out[chosen] = (out[chosen] @ _LUMA)[..., None]
+    if settings.invert:
+        chosen = rng.random(n) < settings.invert
+        out[chosen] = 255 - out[chosen]
     return out.astype(np.float32, copy=False)
 
 

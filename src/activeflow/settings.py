@@ -126,6 +126,23 @@ class AugmentSettings(_Group):
     intensity: float = Field(
         0.1, ge=0.0, le=0.5, description="Brightness and contrast jitter, as a share of the range."
     )
+    grayscale: float = Field(
+        0.5,
+        ge=0.0,
+        le=1.0,
+        description="Share of training images turned grey (ITU-R 601 luma, as PIL's 'L'), so a "
+        "model cannot tell a few labels apart by their colours alone (torchvision's "
+        "RandomGrayscale). 0 where colour is what tells the classes apart; grey images are "
+        "unchanged by it.",
+    )
+    invert: float = Field(
+        0.0,
+        ge=0.0,
+        le=1.0,
+        description="Share of training images inverted (255 - pixel), for data whose objects "
+        "are lighter or darker than their background at random (drawings, shapes). Off by "
+        "default: where polarity is fixed (scanned digits) it costs accuracy.",
+    )
 
 
 class ModelSettings(_Group):

@@ -52,6 +52,7 @@ DEFAULT_STRATEGIES: tuple[str, ...] = tuple(
 )
 DIGITS = "digits"  # the ``dataset`` value (or None) for scikit-learn's bundled digits
 SHAPES = "shapes"  # ``shapes[:N]``: synthetic shapes of N classes (activeflow.evaluation.synthetic_shapes)
+ROTATED_SHAPES = "shapes-rotated"  # ``shapes-rotated[:N]``: the same at random angles
 
 
 class BenchmarkError(ValueError):
@@ -68,7 +69,7 @@ class BenchmarkConfig(BaseModel):
     budget: int = Field(20, ge=1, description="Labels per round.")
     dataset: str | None = Field(
         None,
-        description="None or digits (bundled digits), shapes[:N] (synthetic), a folder "
+        description="None or digits (bundled digits), shapes[:N] or shapes-rotated[:N] (synthetic), a folder "
         "<class>/<image>, or tfds:NAME[/SPLIT].",
     )
     test_size: float = Field(
@@ -136,7 +137,7 @@ def prepare_dataset(
 ) -> BenchmarkData:
     """Split ``dataset`` once into ``folder/test`` and ``folder/rest`` (both ``<class>/<image>``),
     stratified by class with ``seed``. The bundled digits keep the demo's test split."""
-    if dataset is not None and dataset.split(":")[0] == SHAPES:
+    if dataset is not None and dataset.split(":")[0] in (SHAPES, ROTATED_SHAPES):
         return _split_folder(folder, str(_write_shapes(folder / "shapes", dataset)), test_size, seed)
     if dataset in (None, DIGITS):
         from activeflow.evaluation.demo_data import write_digits
@@ -149,14 +150,16 @@ def prepare_dataset(
 
 
 def _write_shapes(folder: Path, dataset: str) -> Path:
-    """``shapes`` or ``shapes:N``: N classes (default 5) of 300 synthetic 64 px images each."""
+    """``shapes[:N]`` or ``shapes-rotated[:N]``: N classes (default 5) of 300 synthetic 64 px
+    images each, upright or at random angles."""
     from activeflow.evaluation.synthetic_shapes import DEFAULT_CLASSES, write_shapes
 
-    count = dataset.split(":", 1)[1] if ":" in dataset else str(DEFAULT_CLASSES)
+    name, colon, count = dataset.partition(":")
+    count = count if colon else str(DEFAULT_CLASSES)
     if not count.isdigit():
-        raise BenchmarkError(f"{dataset!r}: write shapes:N with N the number of classes, e.g. shapes:5")
+        raise BenchmarkError(f"{dataset!r}: write {name}:N with N the number of classes, e.g. {name}:5")
     try:
-        write_shapes(folder, classes=int(count))
+        write_shapes(folder, classes=int(count), rotate=name == ROTATED_SHAPES)
     except ValueError as error:
         raise BenchmarkError(f"{dataset!r}: {error}") from None
     return folder
