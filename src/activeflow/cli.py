@@ -75,8 +75,8 @@ def _parser() -> argparse.ArgumentParser:
     bench.add_argument("--budget", type=_at_least_one, default=20, help="labels per round")
     bench.add_argument(
         "--dataset",
-        help="digits (default: scikit-learn's bundled scans), shapes[:CLASSES] (synthetic, "
-        "64 px), a folder <class>/<image> or tfds:NAME[/SPLIT]",
+        help="digits (default: scikit-learn's bundled scans), shapes[:CLASSES] or "
+        "shapes-rotated[:CLASSES] (synthetic, 64 px), a folder <class>/<image> or tfds:NAME[/SPLIT]",
     )
     bench.add_argument("--test-size", type=float, default=0.2, help="fraction, or a count if >= 1")
     bench.add_argument("--seed-per-class", type=_at_least_one, default=2)
