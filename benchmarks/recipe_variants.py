@@ -44,8 +44,24 @@ def _labelled_pixels(folder: str, classes: list[str], size: int) -> tuple[np.nda
     return decode_images([image.data for image in images], size), y
 
 
-def main() -> None:
+def _retrain_accuracy(settings, train: tuple, test: tuple, count: int) -> tuple[float, int]:
+    """(test accuracy, labels used) of one retrain on ``count`` labels drawn evenly per class
+    with ``settings.seed``."""
     from activeflow import modeling
+
+    (x, y), (x_test, y_test) = train, test
+    classes = int(y.max()) + 1
+    rng = np.random.default_rng(settings.seed)
+    chosen = np.concatenate(
+        [rng.choice(np.flatnonzero(y == c), count // classes, replace=False) for c in range(classes)]
+    )
+    model = modeling.build_classifier(settings, classes)
+    modeling.train(model, x[chosen], y[chosen], settings)
+    predicted = modeling.predict_proba(model, x_test, 256).argmax(axis=1)
+    return float(np.mean(predicted == y_test)), len(chosen)
+
+
+def main() -> None:
     from activeflow.evaluation import label_efficiency as le
     from activeflow.settings import load_settings
     from label_efficiency import _overrides
@@ -65,30 +81,19 @@ def main() -> None:
     results = []
     with tempfile.TemporaryDirectory(prefix="activeflow-recipe-") as folder:
         data = le.prepare_dataset(Path(folder), args.dataset)
-        pixels: dict[int, tuple] = {}
+        pixels: dict[int, tuple] = {}  # decoded once per image size
         for name, overrides in variants.items():
+            variant = load_settings(**_overrides(args.set + overrides)).model
+            size = variant.image_size
+            if size not in pixels:
+                pixels[size] = (_labelled_pixels(data.rest, data.classes, size),
+                                _labelled_pixels(data.test, data.classes, size))
             for count in label_counts:
                 for seed in range(args.seeds):
-                    model_settings = load_settings(**_overrides(args.set + overrides)).model
-                    settings = model_settings.model_copy(update={"seed": seed})
-                    if settings.image_size not in pixels:
-                        pixels[settings.image_size] = (
-                            _labelled_pixels(data.rest, data.classes, settings.image_size),
-                            _labelled_pixels(data.test, data.classes, settings.image_size),
-                        )
-                    (x, y), (x_test, y_test) = pixels[settings.image_size]
-                    rng = np.random.default_rng(seed)
-                    share = count // len(data.classes)
-                    chosen = np.concatenate(
-                        [rng.choice(np.flatnonzero(y == c), share, replace=False) for c in range(len(data.classes))]
-                    )
+                    settings = variant.model_copy(update={"seed": seed})
                     started = time.perf_counter()
-                    model = modeling.build_classifier(settings, len(data.classes))
-                    modeling.train(model, x[chosen], y[chosen], settings)
-                    predicted = modeling.predict_proba(model, x_test, 256).argmax(axis=1)
-                    accuracy = float(np.mean(predicted == y_test))
-                    row = {"variant": name, "labels": int(len(chosen)), "seed": seed,
-                           "accuracy": round(accuracy, 4),
+                    accuracy, labels = _retrain_accuracy(settings, *pixels[size], count)
+                    row = {"variant": name, "labels": labels, "seed": seed, "accuracy": round(accuracy, 4),
                            "seconds": round(time.perf_counter() - started, 1)}
                     results.append(row)
                     print(json.dumps(row), flush=True)
