@@ -177,12 +177,12 @@ def test_augmentation_keeps_pixels_in_range_and_flips_only_when_asked():
     rng = np.random.default_rng(0)
     x = np.zeros((64, 8, 8, 3), np.float32)
     x[:, :, :4] = 255  # bright left half
-    still = modeling.augment(x, AugmentSettings(shift=0, intensity=0), rng)
+    still = modeling.augment(x, AugmentSettings(shift=0, intensity=0, invert=0), rng)
     np.testing.assert_array_equal(still, x)  # horizontal_flip is off by default
-    flipped = modeling.augment(x, AugmentSettings(shift=0, intensity=0, horizontal_flip=True), rng)
+    flipped = modeling.augment(x, AugmentSettings(shift=0, intensity=0, invert=0, horizontal_flip=True), rng)
     mirrored = flipped[:, :, 4:].mean(axis=(1, 2, 3)) == 255
     assert 10 < mirrored.sum() < 54  # about half, at random
-    jittered = modeling.augment(x, AugmentSettings(shift=0.25, intensity=0.3), rng)
+    jittered = modeling.augment(x, AugmentSettings(shift=0.25, intensity=0.3, invert=0), rng)
     assert jittered.shape == x.shape and jittered.dtype == np.float32
     assert 0 <= jittered.min() and jittered.max() <= 255 and not np.array_equal(jittered, x)
 
@@ -192,15 +192,44 @@ def test_grayscale_and_invert_change_the_chosen_share_of_images():
     red = np.zeros((200, 4, 4, 3), np.float32)
     red[..., 0] = 200
     still = dict(shift=0, intensity=0)
-    greyed = modeling.augment(red, AugmentSettings(**still, grayscale=0.5), rng)
+    greyed = modeling.augment(red, AugmentSettings(**still, grayscale=0.5, invert=0), rng)
     grey = np.all(greyed == np.float32(200 * 0.299), axis=(1, 2, 3))
     assert 70 < grey.sum() < 130  # about half, at random
     np.testing.assert_array_equal(greyed[~grey], red[~grey])  # the others keep their colour
     flat = np.full((20, 4, 4, 3), 90, np.float32)
-    np.testing.assert_allclose(modeling.augment(flat, AugmentSettings(**still, grayscale=1), rng), flat, rtol=1e-6)
+    np.testing.assert_allclose(modeling.augment(flat, AugmentSettings(**still, grayscale=1, invert=0), rng), flat, rtol=1e-6)
     inverted = modeling.augment(flat, AugmentSettings(**still, grayscale=0, invert=1), rng)
     np.testing.assert_array_equal(inverted, 255 - flat)
-    assert np.allclose(modeling.augment(flat, AugmentSettings(**still), rng), flat)  # invert is off by default
+    with pytest.raises(ValueError, match="inversion_share resolves 'auto'"):
+        modeling.augment(flat, AugmentSettings(**still), rng)
+
+
+def squares(polarities, size=16):
+    """A bright square on a dark ground (+1) or a dark one on a bright ground (-1) each."""
+    x = np.empty((len(polarities), size, size, 3), np.float32)
+    for i, polarity in enumerate(polarities):
+        ground, square = (30, 220) if polarity > 0 else (220, 30)
+        x[i] = ground
+        x[i, size // 4 : -size // 4, size // 4 : -size // 4] = square
+    return x
+
+
+def test_auto_inversion_follows_the_polarity_of_the_labelled_images():
+    share = modeling.inversion_share
+    assert share(squares([1] * 20), ModelSettings()) == 0  # fixed polarity: digits, scans
+    assert share(squares([1] * 19 + [-1]), ModelSettings()) == 0  # one stray image is not a mix
+    assert share(squares([1] * 10 + [-1] * 10), ModelSettings()) == 0.5  # shapes in random colours
+    assert share(squares([1, -1] * 10), ModelSettings(weights="imagenet")) == 0  # pretrained: never
+    assert share(squares([1] * 20), ModelSettings(augment={"invert": 0.3})) == 0.3  # a number is kept
+    assert share(np.full((4, 16, 16, 3), 90, np.float32), ModelSettings()) == 0  # flat: no polarity
+
+
+def test_a_retrain_reports_the_share_it_inverted():
+    x = squares([1, -1] * 12, size=8)
+    y = np.arange(24) % 2
+    mixed = modeling.train(modeling.build_classifier(ModelSettings(**TINY), 2), x, y, ModelSettings(**TINY))
+    fixed = modeling.train(modeling.build_classifier(ModelSettings(**TINY), 2), x[::2], y[::2], ModelSettings(**TINY))
+    assert (mixed.invert, fixed.invert) == (0.5, 0.0)
 
 
 def test_a_seed_gives_the_same_model_while_other_threads_draw_random_numbers():

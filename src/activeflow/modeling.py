@@ -274,6 +274,8 @@ def train(model: keras.Model, x: np.ndarray, y: np.ndarray, settings: ModelSetti
     fraction = settings.validation_fraction if plan.validation_size else 0.0
     train_idx, val_idx = _split(y, fraction, rng)
     weights = class_weights(y[train_idx], num_classes)
+    invert = inversion_share(x[train_idx], settings)
+    augment_settings = settings.augment.model_copy(update={"invert": invert})
     sample_weight = (weights[y] if weights is not None else np.ones(len(y))).astype(np.float32)
     tracker = _BestWeights(model, x[val_idx], y[val_idx]) if len(val_idx) else None
     losses: list[list[float]] = []
@@ -289,7 +291,8 @@ def train(model: keras.Model, x: np.ndarray, y: np.ndarray, settings: ModelSetti
             loss="sparse_categorical_crossentropy",
         )
         run, phase_losses, stopped = _run_phase(
-            model, phase, x, y, sample_weight, train_idx, plan.batch_size, rng, settings, tracker, step_offset
+            model, phase, x, y, sample_weight, train_idx, plan.batch_size, rng,
+            settings.model_copy(update={"augment": augment_settings}), tracker, step_offset,
         )
         losses.append(phase_losses)
         reports.append(PhaseReport(name=phase.name, steps_planned=phase.steps, steps_run=run,
@@ -309,6 +312,7 @@ def train(model: keras.Model, x: np.ndarray, y: np.ndarray, settings: ModelSetti
         best_step=tracker.best_step if tracker else None,
         stopped_early=stopped,
         class_weights=weights.tolist() if weights is not None else None,
+        invert=invert,
     )
 
 
@@ -420,6 +424,41 @@ class _BestWeights:
 _LUMA = np.array([0.299, 0.587, 0.114], np.float32)  # ITU-R 601, as PIL's convert("L")
 
 
+def inversion_share(x: np.ndarray, settings: ModelSettings) -> float:
+    """The share of training images to invert: ``augment.invert``, or for ``"auto"`` 0.5 when
+    the images ``x`` do not share one polarity, else 0.
+
+    Polarity is whether an image's mean is brighter or darker than its border (the border is
+    background for centred objects, a shape or a digit alike). Inverting teaches the model
+    that polarity carries no class, true for drawings in random colours and false for scans
+    of ink on paper. Pretrained weights get none: inverted photos are off their distribution.
+    """
+    if settings.augment.invert != "auto":
+        return float(settings.augment.invert)
+    if settings.weights is not None:
+        return 0.0
+    contrast = _object_contrast(x)
+    clear = contrast[np.abs(contrast) > _CLEAR_CONTRAST]
+    if not len(clear):
+        return 0.0
+    minority = min(np.mean(clear > 0), np.mean(clear < 0))
+    return 0.5 if minority >= _MIXED_POLARITY else 0.0
+
+
+_CLEAR_CONTRAST = 2.0  # grey levels: flatter images say nothing of polarity
+_MIXED_POLARITY = 0.1  # share of the other polarity from which it counts as mixed
+
+
+def _object_contrast(x: np.ndarray) -> np.ndarray:
+    """Per image, mean luma minus the mean luma of its outer frame (1/16 of the side)."""
+    luma = x.astype(np.float32, copy=False) @ _LUMA
+    side = luma.shape[1]
+    width = max(1, side // 16)
+    frame = np.zeros((side, side), bool)
+    frame[:width], frame[-width:], frame[:, :width], frame[:, -width:] = True, True, True, True
+    return luma.mean(axis=(1, 2)) - luma[:, frame].mean(axis=1)
+
+
 def augment(x: np.ndarray, settings: AugmentSettings, rng: np.random.Generator) -> np.ndarray:
     """Random shifts (edges repeated), optional horizontal flips, brightness and contrast
     jitter, grey images and inversions; pixels stay in 0..255. Returns a new array."""
@@ -441,6 +480,8 @@ def augment(x: np.ndarray, settings: AugmentSettings, rng: np.random.Generator) 
     if settings.grayscale:
         chosen = rng.random(n) < settings.grayscale
         out[chosen] = (out[chosen] @ _LUMA)[..., None]
+    if settings.invert == "auto":
+        raise ValueError("augment needs a share to invert; inversion_share resolves 'auto'")
     if settings.invert:
         chosen = rng.random(n) < settings.invert
         out[chosen] = 255 - out[chosen]

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import tomllib
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import (
     BaseModel,
@@ -135,13 +135,13 @@ class AugmentSettings(_Group):
         "RandomGrayscale). 0 where colour is what tells the classes apart; grey images are "
         "unchanged by it.",
     )
-    invert: float = Field(
-        0.0,
-        ge=0.0,
-        le=1.0,
+    invert: Annotated[float, Field(ge=0.0, le=1.0)] | Literal["auto"] = Field(
+        "auto",
         description="Share of training images inverted (255 - pixel), for data whose objects "
-        "are lighter or darker than their background at random (drawings, shapes). Off by "
-        "default: where polarity is fixed (scanned digits) it costs accuracy.",
+        "are lighter or darker than their background at random (drawings, shapes). 'auto': "
+        "0.5 when at least 10 % of the labelled images have the other polarity than the rest "
+        "(the image's mean brighter or darker than its border), else 0, and 0 for pretrained "
+        "weights; where polarity is fixed (scanned digits) inversion costs accuracy.",
     )
 
 

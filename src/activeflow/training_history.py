@@ -25,3 +25,4 @@ class TrainingHistory(BaseModel):
     best_step: int | None = None  # step (over all phases) of the kept weights, with validation
     stopped_early: bool = False
     class_weights: list[float] | None = None  # per class index, when labels are imbalanced
+    invert: float = 0.0  # share of training images inverted (augment.invert, "auto" resolved)
