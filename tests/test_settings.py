@@ -68,12 +68,20 @@ def test_missing_config_file_is_named(tmp_path):
         ("ACTIVEFLOW_STORAGE__URI", "s3://ab/prefix", "storage.uri"),
         ("ACTIVEFLOW_DATA__CLASSES", '["cat", "cat"]', "data.classes"),
         ("ACTIVEFLOW_LABELLING__ALLOWED_LABEL_ROOTS", '["exports"]', "labelling.allowed_label_roots"),
+        ("ACTIVEFLOW_MODEL__AUGMENT__INVERT", "1.5", "model.augment.invert: Value error, '1.5' is neither 'auto' nor a share"),
+        ("ACTIVEFLOW_MODEL__AUGMENT__INVERT", "sometimes", "model.augment.invert: Value error, 'sometimes' is neither"),
     ],
 )
 def test_invalid_values_fail_naming_the_setting(monkeypatch, env, value, named):
     monkeypatch.setenv(env, value)
     with pytest.raises(SettingsError, match=f"invalid settings: {named}"):
         load_settings()
+
+
+def test_invert_is_auto_unless_set_to_a_share(monkeypatch):
+    assert load_settings().model.augment.invert == "auto"
+    monkeypatch.setenv("ACTIVEFLOW_MODEL__AUGMENT__INVERT", "0.25")
+    assert load_settings().model.augment.invert == 0.25
 
 
 def test_unknown_setting_in_toml_is_refused(tmp_path):

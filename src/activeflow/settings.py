@@ -8,9 +8,10 @@ here runs at import time.
 
 from __future__ import annotations
 
+import math
 import tomllib
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Literal
 
 from pydantic import (
     BaseModel,
@@ -135,7 +136,7 @@ class AugmentSettings(_Group):
         "RandomGrayscale). 0 where colour is what tells the classes apart; grey images are "
         "unchanged by it.",
     )
-    invert: Annotated[float, Field(ge=0.0, le=1.0)] | Literal["auto"] = Field(
+    invert: float | Literal["auto"] = Field(
         "auto",
         description="Share of training images inverted (255 - pixel), for data whose objects "
         "are lighter or darker than their background at random (drawings, shapes). 'auto': "
@@ -143,6 +144,20 @@ class AugmentSettings(_Group):
         "(the image's mean brighter or darker than its border), else 0, and 0 for pretrained "
         "weights; where polarity is fixed (scanned digits) inversion costs accuracy.",
     )
+
+    @field_validator("invert", mode="before")
+    @classmethod
+    def _share_or_auto(cls, value: object) -> object:
+        # One message for the union (pydantic would list each member's complaint).
+        if value == "auto":
+            return value
+        try:
+            share = float(value)  # type: ignore[arg-type]
+        except (TypeError, ValueError):
+            share = math.nan
+        if not 0.0 <= share <= 1.0:
+            raise ValueError(f"{value!r} is neither 'auto' nor a share from 0 to 1")
+        return share
 
 
 class ModelSettings(_Group):
