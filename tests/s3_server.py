@@ -108,7 +108,7 @@ class SeaweedFS:
                 path.unlink(missing_ok=True)
 
 
-def s3_client(endpoint: str):  # noqa: ANN201 - boto3 client types are generated
+def s3_client(endpoint: str, max_pool_connections: int = 10):  # noqa: ANN201 - boto3 client types are generated
     """A boto3 S3 client for the server, with the dummy credentials and no retries."""
     return boto3.session.Session(
         aws_access_key_id=DUMMY_CREDENTIALS["AWS_ACCESS_KEY_ID"],
@@ -117,7 +117,8 @@ def s3_client(endpoint: str):  # noqa: ANN201 - boto3 client types are generated
     ).client(
         "s3",
         endpoint_url=endpoint,
-        config=Config(connect_timeout=2, read_timeout=10, retries={"max_attempts": 1}),
+        config=Config(connect_timeout=2, read_timeout=10, retries={"max_attempts": 1},
+                      max_pool_connections=max_pool_connections),
     )
 
 
