@@ -204,6 +204,7 @@ def test_training_summary_names_model_accuracy_and_decision():
         phases=[PhaseReport(name="whole", steps_planned=400, steps_run=400, learning_rate=0.003,
                             backbone_trainable=True)],
         train_size=30, validation_note="no validation split: the smallest class has 15 labels (< 20)",
+        invert=0.5,
     )
     metrics = ModelMetrics(
         version="m2", created_at="t", classes=["a", "b"], accuracy=0.75,
@@ -223,6 +224,7 @@ def test_training_summary_names_model_accuracy_and_decision():
     assert "| baseline | 0.7000 (logistic regression on 16x16 pixels, same labels) |" in text
     assert "| chance | 0.5000 (the most common test class) |" in text
     assert "| validation | no validation split: the smallest class has 15 labels (< 20) |" in text
+    assert "| inverted | 50% of training images (`model.augment.invert`) |" in text
     assert "| b | – |" in text
 
 

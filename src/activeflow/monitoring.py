@@ -302,6 +302,7 @@ def training_summary(metrics: ModelMetrics, decision: PromotionDecision) -> str:
         f"| chance | {_optional(metrics.chance_accuracy)} (the most common test class) |",
         f"| training | {_phases(metrics.history)} |",
         f"| validation | {metrics.history.validation_note or '–'} |",
+        f"| inverted | {metrics.history.invert:.0%} of training images (`model.augment.invert`) |",
         f"| final loss | {_last(metrics.history.head_loss)} first phase, "
         f"{_last(metrics.history.finetune_loss)} fine-tune |",
         "",
