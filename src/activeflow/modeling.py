@@ -275,7 +275,7 @@ def train(model: keras.Model, x: np.ndarray, y: np.ndarray, settings: ModelSetti
     train_idx, val_idx = _split(y, fraction, rng)
     weights = class_weights(y[train_idx], num_classes)
     invert = inversion_share(x[train_idx], settings)
-    augment_settings = settings.augment.model_copy(update={"invert": invert})
+    resolved = settings.model_copy(update={"augment": settings.augment.model_copy(update={"invert": invert})})
     sample_weight = (weights[y] if weights is not None else np.ones(len(y))).astype(np.float32)
     tracker = _BestWeights(model, x[val_idx], y[val_idx]) if len(val_idx) else None
     losses: list[list[float]] = []
@@ -291,8 +291,7 @@ def train(model: keras.Model, x: np.ndarray, y: np.ndarray, settings: ModelSetti
             loss="sparse_categorical_crossentropy",
         )
         run, phase_losses, stopped = _run_phase(
-            model, phase, x, y, sample_weight, train_idx, plan.batch_size, rng,
-            settings.model_copy(update={"augment": augment_settings}), tracker, step_offset,
+            model, phase, x, y, sample_weight, train_idx, plan.batch_size, rng, resolved, tracker, step_offset
         )
         losses.append(phase_losses)
         reports.append(PhaseReport(name=phase.name, steps_planned=phase.steps, steps_run=run,
