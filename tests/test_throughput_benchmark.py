@@ -24,9 +24,9 @@ def test_throughput_benchmark_measures_ingest_scoring_and_dask_at_a_tiny_size(tm
     assert run.returncode == 0, run.stderr[-3000:]
     local, s3 = json.loads(out.read_text())["results"]
     assert (local["store"], s3["store"]) == ("local", "s3")
+    assert s3["ingest"]["ingest_over_parallel_loop"] > 0 and s3["ingest"]["parallel_put_loop_16_threads_per_s"] > 0
     for row in (local, s3):
         assert row["ingest"]["images"] == 30 and row["ingest"]["ingest_over_loop"] > 0
-    assert s3["ingest"]["ingest_over_parallel_loop"] > 0 and s3["ingest"]["parallel_put_loop_16_threads_per_s"] > 0
         scoring = row["small_cnn-32"]
         assert scoring["images"] == 30
         assert all(scoring[rate] > 0 for rate in ("raw_predict_per_s", "core_per_s", "flow_per_s"))
