@@ -178,10 +178,12 @@ class ModelSettings(_Group):
     )
     finetune_epochs: int = Field(5, ge=0, description="Epochs of phase 2 (whole model).")
     min_steps: int = Field(
-        400,
+        1200,
         ge=0,
         description="Fewest optimizer updates a retrain makes however few the labels, split "
-        "between the phases by their epochs.",
+        "between the phases by their epochs. Few labels need many augmented updates: "
+        "synthetic shapes, one retrain on 20 / 40 labels (3 seeds), 47 / 77 % at 400, "
+        "61 / 88 % at 1,200 (about 30 s on two cores).",
     )
     head_learning_rate: float = Field(
         3e-3, gt=0, description="Adam peak learning rate in phase 1 (cosine-decayed)."
