@@ -390,7 +390,7 @@ def _demo(args: argparse.Namespace, settings: Settings) -> Any:
 
     logs = "shown above" if args.verbose else f"in {Path(args.out) / 'activeflow.log'} (-v shows them here)"
     print(f"activeflow demo: margin against random, {args.rounds} rounds of {args.budget} labels "
-          f"each; about 5 to 10 minutes on 2 cores. Prefect's logs are {logs}.", file=sys.stderr)
+          f"each; about 15 to 20 minutes on 2 cores, most of it training. Prefect's logs are {logs}.", file=sys.stderr)
     result = demo_flow.with_options(task_runner=shard_runner(settings))(
         demo_settings(settings, per_run=args.budget), out=args.out, rounds=args.rounds
     )
