@@ -291,7 +291,7 @@ def train(model: keras.Model, x: np.ndarray, y: np.ndarray, settings: ModelSetti
             loss="sparse_categorical_crossentropy",
         )
         # Built here, its variables exist before the first step: otherwise that step creates
-        # them inside tf.function, which then traces train_step twice (2.4 s of a 4-second
+        # them inside tf.function, which then traces train_step twice (2.4 s of a 6.6-second
         # tiny retrain). The updates are the same to the bit.
         model.optimizer.build(model.trainable_variables)
         run, phase_losses, stopped = _run_phase(

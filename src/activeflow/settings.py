@@ -181,9 +181,8 @@ class ModelSettings(_Group):
         1200,
         ge=0,
         description="Fewest optimizer updates a retrain makes however few the labels, split "
-        "between the phases by their epochs. Few labels need many augmented updates: "
-        "synthetic shapes, one retrain on 20 / 40 labels (3 seeds), 47 / 77 % at 400, "
-        "61 / 88 % at 1,200 (about 30 s on two cores).",
+        "between the phases by their epochs. Few labels need many augmented updates (the "
+        "README's 'How a retrain trains' has the measurements).",
     )
     head_learning_rate: float = Field(
         3e-3, gt=0, description="Adam peak learning rate in phase 1 (cosine-decayed)."
