@@ -260,13 +260,20 @@ def small_chunks(monkeypatch):
     monkeypatch.setattr(ingest_module, "INGEST_CHUNK", 7)
 
 
+def _as_remote(images):
+    """Images read as if from S3: concurrently (local files are read one at a time)."""
+    for image in images:
+        image.remote = True
+        yield image
+
+
 def test_concurrent_ingest_decides_exactly_what_a_sequential_one_does(tmp_path, small_chunks):
     _mixed_inputs(tmp_path / "in")
     outcomes = []
     for workers in (1, 4):
         store = LocalStore(tmp_path / f"store-{workers}")
         store.max_concurrency = workers
-        report = ingest_images(store, iter_source(str(tmp_path / "in"), labelled=False))
+        report = ingest_images(store, _as_remote(iter_source(str(tmp_path / "in"), labelled=False)))
         outcomes.append(_outcome(store, report))
 
     sequential, concurrent = outcomes
@@ -305,10 +312,10 @@ class _FailingStore(LocalStore):
         super().__init__(root)
         self.fail_at, self._writes = fail_at, itertools.count(1)  # count() is atomic
 
-    def put_if_absent(self, key: str, data: bytes) -> bool:
+    def put_if_absent(self, key: str, data: bytes, **options) -> bool:
         if key.startswith("samples/") and next(self._writes) == self.fail_at:
             raise StoreError(f"injected failure writing {key}")
-        return super().put_if_absent(key, data)
+        return super().put_if_absent(key, data, **options)
 
 
 def test_a_failed_write_in_a_worker_fails_the_ingest_and_commits_nothing_of_its_chunk(tmp_path, small_chunks):
@@ -335,14 +342,14 @@ def test_concurrent_reads_stay_a_few_images_ahead_of_the_chunk(tmp_path, small_c
     reads_before_first_write = []
 
     class Store(LocalStore):
-        def put_if_absent(self, key: str, data: bytes) -> bool:
+        def put_if_absent(self, key: str, data: bytes, **options) -> bool:
             if not reads_before_first_write:
                 reads_before_first_write.append(next(reads) - 1)
-            return super().put_if_absent(key, data)
+            return super().put_if_absent(key, data, **options)
 
     def image(n: int) -> SourceImage:
         data = (tmp_path / "in" / f"{n}.png").read_bytes()
-        return SourceImage(f"{n}.png", read=lambda: next(reads) and data)
+        return SourceImage(f"{n}.png", read=lambda: next(reads) and data, remote=True)
 
     for n in range(40):
         write_image(tmp_path / "in" / f"{n}.png", n)
@@ -383,3 +390,38 @@ def test_the_same_labelled_image_ingested_again_is_a_plain_duplicate(store, tmp_
     ingest(store, tmp_path / "train", split="train", classes=["cat", "dog"])
     report = ingest(store, tmp_path / "copy", split="train", classes=["cat", "dog"])
     assert (report.new, report.duplicate, report.conflicts) == (0, 2, [])
+
+
+def test_a_chunk_of_images_is_synced_once_before_its_catalog_commit(tmp_path, small_chunks):
+    """Durability per chunk, not per image: the bytes a commit names are synced before it."""
+    for n in range(16):
+        write_image(tmp_path / "in" / f"{n:02d}.png", n)
+    synced_at: list[tuple[int, int]] = []  # (images written, samples catalogued) at each sync
+
+    class Store(LocalStore):
+        def sync(self) -> None:
+            super().sync()
+            written = len(self.list("samples/"))
+            catalogued = len(open_catalog(self).read("samples", ["id"])[0])
+            synced_at.append((written, catalogued))
+
+    store = Store(tmp_path / "store")
+    store.max_concurrency = 4
+    report = ingest_images(store, iter_source(str(tmp_path / "in"), labelled=False))
+
+    assert report.new == 16
+    assert synced_at == [(7, 0), (14, 7), (16, 14)]  # chunks of 7: each synced, then committed
+
+
+def test_a_stored_image_whose_bytes_were_lost_is_rewritten_by_the_next_ingest(store, tmp_path):
+    """A power cut between an image's write and its sync can leave a truncated object under
+    the image's content id, catalogued by nobody: the rerun must repair it, not reuse it."""
+    image = write_image(tmp_path / "in" / "a.png", 1)
+    sample_id = content_id(image.read_bytes())
+    key = f"samples/{sample_id[:2]}/{sample_id}.png"
+    store.put(key, b"")  # what ext4 may leave of a file linked but never synced
+
+    report = ingest(store, tmp_path / "in")
+
+    assert (report.new, report.duplicate) == (1, 0)
+    assert store.get(key) == image.read_bytes()

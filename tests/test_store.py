@@ -156,6 +156,24 @@ def test_get_on_an_empty_store_raises_object_not_found(store: ObjectStore) -> No
         store.get("nothing.json")
 
 
+def test_open_gives_a_seekable_file_of_the_object_or_names_the_missing_key(store: ObjectStore) -> None:
+    store.put("parts/a.bin", b"0123456789")
+
+    with store.open("parts/a.bin") as file:
+        file.seek(4)
+        assert file.read(3) == b"456"
+    with pytest.raises(ObjectNotFound, match="parts/b.bin"):
+        store.open("parts/b.bin")
+
+
+def test_unsynced_writes_are_read_back_and_sync_makes_them_durable(store: ObjectStore) -> None:
+    assert store.put_if_absent("samples/x.png", b"image", durable=False) is True
+    assert store.put_if_absent("samples/x.png", b"other", durable=False) is False
+    store.sync()
+
+    assert store.get("samples/x.png") == b"image"
+
+
 def test_exists(store: ObjectStore) -> None:
     assert store.exists("a/b.txt") is False
     store.put("a/b.txt", b"x")

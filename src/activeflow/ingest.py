@@ -4,12 +4,15 @@ A sample's id is the sha256 of its bytes, so the same image twice is a no-op.
 Unreadable inputs go to ``quarantine/`` with the reason; nothing is dropped silently.
 Images are written first and catalogued after, a chunk at a time (one commit per
 chunk), so a crash loses at most one chunk's catalog rows; the rerun finds their bytes
-already stored and catalogues them.
+already stored and catalogues them. A chunk's images are flushed to disk by one
+``store.sync`` before its commit, not one fsync each.
 
-Reads, hashes, checks and writes run on ``store.max_concurrency`` threads (S3 round trips
-and fsyncs wait, they don't compute); what is new, what is a duplicate, the report and the
-catalog commits are decided in the calling thread in input order, so the result is the
-same as one image at a time.
+Reads and hashes from an S3 source run on ``store.max_concurrency`` threads, and so do
+checks and writes into an S3 store (round trips wait, they don't compute). Local reads and
+writes run in the calling thread: there threads only contend for the GIL (5,000 small
+PNGs into a local store: 2.2 s on one thread, 3.8 s on 16). What is new, what is a duplicate, the report and the catalog commits
+are decided in the calling thread in input order, so the result is the same as one image
+at a time.
 """
 
 from __future__ import annotations
@@ -123,7 +126,8 @@ def ingest_images(
     for listed in _chunks(images, LISTING_CHUNK):
         fresh = _not_read_before(listed, read_before)
         report.unchanged += len(listed) - len(fresh)
-        for chunk in _read_chunks(fresh, workers):
+        reading = workers if any(image.remote for image in fresh) else 1
+        for chunk in _read_chunks(fresh, reading):
             ids = [sample_id for _, _, sample_id in chunk]
             known = _among(catalogued, ids) | seen
             placed = {} if split == "pool" else _placement(samples, ids)
@@ -142,12 +146,14 @@ def ingest_images(
                 seen.add(sample_id)
                 new.append((image, data, sample_id))
             records = []
-            for outcome in parallel_map(check_and_store, new, workers):
+            for outcome in parallel_map(check_and_store, new, workers if store.remote else 1):
                 if isinstance(outcome, IngestRecord):
                     records.append(outcome)
                 else:  # the worker quarantined it; the report is only touched here
                     report.quarantined += 1
                     report.quarantine_reasons.append(outcome)
+            if records:
+                store.sync()  # the chunk's images are on disk before a commit names them
             _commit_chunk(catalog, records, read, report)
     catalog.compact()  # every commit added a file: keep the tables few-filed
     return report
@@ -200,7 +206,11 @@ def _ingest_new(
     except ValueError as problem:
         _quarantine(store, image.name, data, sample_id, str(problem))
         return f"{image.name}: {problem}"
-    store.put_if_absent(sample_key(sample_id, ext), data)
+    key = sample_key(sample_id, ext)
+    # Written unsynced: the chunk is synced once before its commit. An object already there
+    # but catalogued by nobody was left by a crash; a power cut may have cut its bytes short.
+    if not store.put_if_absent(key, data, durable=False) and store.get(key) != data:
+        store.put(key, data)
     return IngestRecord(
         id=sample_id, ext=ext, source=image.name, size=len(data), ingested_at=utc_now(),
         split=split, label=label,

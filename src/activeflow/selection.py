@@ -152,7 +152,7 @@ def stream_candidates(
     top, sample = _Keeper(keep), _Keeper(2 * k)
     rng = rng.spawn(1)[0]  # its own stream: the caller's draws stay what they were
     for key in parts:
-        part = scoring.read_part(store, key)
+        part = scoring.read_part(store, key, scoring.strategy_columns(name))
         part = part.filter(pc.invert(pc.is_in(part.column("id"), value_set=taken)))
         if part.num_rows:
             top.offer(part, _prefilter_key(name, part, rng))

@@ -30,10 +30,12 @@ class SourceImage:
         *,
         read: Callable[[], bytes] | None = None,
         version: str | None = None,
+        remote: bool = False,
     ) -> None:
         if (data is None) == (read is None):
             raise ValueError("a SourceImage needs its bytes or a way to read them, not both")
         self.name, self.label, self.version = name, label, version
+        self.remote = remote  # reading waits on a network: worth many reads in flight
         self._data, self._read = data, read
 
     @property
@@ -122,7 +124,8 @@ def _iter_s3(uri: str, *, labelled: bool, storage: StorageSettings | None) -> It
             continue
         label = _label_of(relative, uri, labelled)
         yield SourceImage(
-            store.url(key), label=label, read=lambda key=key: store.get(key), version=version
+            store.url(key), label=label, read=lambda key=key: store.get(key), version=version,
+            remote=True,
         )
 
 
