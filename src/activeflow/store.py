@@ -294,7 +294,9 @@ class LocalStore(ObjectStore):
 
     def sync(self) -> None:
         """One flush of the store's filesystem (Linux' syncfs; sync elsewhere): an fsync
-        per small file costs a journal commit each, about 0.9 ms here, 20 times the write."""
+        per small file costs a journal commit each, about 0.9 ms here, 20 times the write.
+        It also flushes what other programs left unwritten on that filesystem, so its time
+        depends on them (after a gigabyte just written, about a second)."""
         if not self.root.exists():
             return
         fd = os.open(self.root, os.O_RDONLY)
