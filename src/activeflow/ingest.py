@@ -10,9 +10,9 @@ already stored and catalogues them. A chunk's images are flushed to disk by one
 Reads and hashes from an S3 source run on ``store.max_concurrency`` threads, and so do
 checks and writes into an S3 store (round trips wait, they don't compute). Local reads and
 writes run in the calling thread: there threads only contend for the GIL (5,000 small
-PNGs into a local store: 2.2 s on one thread, 3.8 s on 16). What is new, what is a duplicate, the report and the catalog commits
-are decided in the calling thread in input order, so the result is the same as one image
-at a time.
+PNGs into a local store: 2.2 s on one thread, 3.8 s on 16). What is new, what is a
+duplicate, the report and the catalog commits are decided in the calling thread in input
+order, so the result is the same as one image at a time.
 """
 
 from __future__ import annotations

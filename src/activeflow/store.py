@@ -215,9 +215,11 @@ class LocalStore(ObjectStore):
                     os.fsync(fd)
             finally:
                 os.close(fd)
-        except OSError as error:
+        except BaseException as error:  # an interrupt too: leave no temp file behind
             _remove(temp)
-            raise StoreError(f"cannot write {path}: {error}") from error
+            if isinstance(error, OSError):
+                raise StoreError(f"cannot write {path}: {error}") from error
+            raise
         return temp
 
     def _create(self, temp: str) -> int:
