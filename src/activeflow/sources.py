@@ -125,7 +125,7 @@ def _iter_s3(uri: str, *, labelled: bool, storage: StorageSettings | None) -> It
         label = _label_of(relative, uri, labelled)
         yield SourceImage(
             store.url(key), label=label, read=lambda key=key: store.get(key), version=version,
-            remote=True,
+            remote=store.remote,
         )
 
 
