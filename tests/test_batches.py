@@ -137,7 +137,8 @@ def test_batch_files_for_labellers(store):
     assert list(rows[0]) == ["id", "image", "predicted", "score", "confidence", "source"]
     assert all(r["image"].startswith("file://") for r in rows)  # openable from a spreadsheet
     # Labellers and their tools know images by the names they had before ingest.
-    sources = state.sources(manifest.sample_ids)
+    keys, sources = state.keys_and_sources(manifest.sample_ids)
+    assert [r["image"] for r in rows] == [store.presigned_url(key, expires_s=3600) for key in keys]
     assert [r["source"] for r in rows] == sources and all(sources)
     assert [t["data"]["source"] for t in tasks] == sources
     assert set(result.files) == {"label_studio", "csv"}

@@ -174,6 +174,27 @@ def test_unsynced_writes_are_read_back_and_sync_makes_them_durable(store: Object
     assert store.get("samples/x.png") == b"image"
 
 
+def test_an_unsynced_write_that_fails_midway_leaves_nothing_at_its_key(tmp_path, monkeypatch) -> None:
+    """An unsynced local write goes straight to its key (no temp file to link): one that
+    fails after some bytes must remove what it wrote, so no reader finds a partial object."""
+    from activeflow import store as store_module
+
+    store = LocalStore(tmp_path / "store")
+
+    def write_half_then_fail(fd: int, data: bytes) -> None:
+        os.write(fd, data[: len(data) // 2])
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(store_module, "_write_all", write_half_then_fail)
+    with pytest.raises(StoreError, match="No space left on device"):
+        store.put_if_absent("samples/ab/ab01.png", b"x" * 1000, durable=False)
+
+    assert _all_keys(store) == []
+    monkeypatch.undo()
+    assert store.put_if_absent("samples/ab/ab01.png", b"x" * 1000, durable=False) is True
+    assert store.get("samples/ab/ab01.png") == b"x" * 1000
+
+
 def test_exists(store: ObjectStore) -> None:
     assert store.exists("a/b.txt") is False
     store.put("a/b.txt", b"x")

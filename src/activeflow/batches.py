@@ -108,9 +108,7 @@ def write_batch(
         items=items,
         request_id=request_id,
     )
-    files = _labellers_files(
-        store, settings, manifest, state.sample_keys(manifest.sample_ids), state.sources(manifest.sample_ids)
-    )
+    files = _labellers_files(store, settings, manifest, *state.keys_and_sources(manifest.sample_ids))
     for name, content in files.items():  # all made before any is written
         store.put(batch_file_key(manifest.batch_id, name), content)
     try:

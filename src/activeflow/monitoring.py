@@ -126,8 +126,7 @@ def batch_rows(store: ObjectStore, manifest: BatchManifest, state: PoolState) ->
     would carry the access key id and a working signature (labellers get their links in
     the batch's export files, for ``labelling.url_expiry_hours``)."""
     rows = []
-    keys = state.sample_keys(manifest.sample_ids)
-    sources = state.sources(manifest.sample_ids)
+    keys, sources = state.keys_and_sources(manifest.sample_ids)
     for rank, item in enumerate(manifest.items, start=1):
         rows.append(
             {

@@ -32,7 +32,7 @@ import pyarrow.parquet as pq
 from pydantic import BaseModel
 
 from activeflow import strategies  # modeling (TensorFlow, seconds to import) only where a model runs
-from activeflow.pool import PoolState, load_state, model_key, new_id, sort_ids
+from activeflow.pool import PoolState, ids_not_in, load_state, model_key, new_id, sort_ids
 from activeflow.settings import Settings
 from activeflow.store import ObjectStore, get_json, put_json_if_absent
 
@@ -79,8 +79,7 @@ def plan_scoring(state: PoolState, settings: Settings) -> ScoringPlan:
     columns = stored_columns(settings.strategy.name)
     unlabelled = state.unlabelled_unordered
     done = scored_ids(state.catalog.store, version, columns)
-    # One contiguous value set hashes faster than one chunk per part (10^6 ids: 0.5 s, not 0.8).
-    todo = sort_ids(unlabelled.filter(pc.invert(pc.is_in(unlabelled, value_set=done.combine_chunks()))))
+    todo = sort_ids(ids_not_in(unlabelled, done))
     candidates = state.sample_keys(todo.to_pylist())
     size = settings.scoring.shard_size
     shards = [candidates[i : i + size] for i in range(0, len(candidates), size)]
