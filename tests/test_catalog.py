@@ -149,6 +149,34 @@ def test_late_labels_imported_during_concurrent_exports_never_overspend(storage,
     assert state.queued.isdisjoint(state.labelled)
 
 
+def test_concurrent_ingests_of_overlapping_folders_catalogue_each_image_once(storage, tmp_path, monkeypatch):
+    """Six ingests at once, in chunks of 4, of folders that share most of their images:
+    every image lands once, and the reports' new counts add up to the distinct images."""
+    import activeflow.ingest as ingest_module
+
+    monkeypatch.setattr(ingest_module, "INGEST_CHUNK", 4)
+    folders = []
+    for writer in range(6):
+        folder = tmp_path / f"in-{writer}"
+        for n in [*range(12), 100 + writer]:  # 12 shared, one of its own
+            write_image(folder / f"{n}.png", n)
+        folders.append(folder)
+    store = open_store(storage)
+    start = threading.Barrier(6)
+
+    def ingest(folder: Path):
+        start.wait()
+        return ingest_images(store, iter_source(str(folder), labelled=False))
+
+    with ThreadPoolExecutor(6) as pool:
+        reports = list(pool.map(ingest, folders))
+
+    ids = Catalog(store).read("samples", ["id"])[0].column("id").to_pylist()
+    assert len(ids) == len(set(ids)) == 18
+    assert sum(r.new for r in reports) == 18
+    assert all(r.new + r.duplicate == 13 for r in reports)
+
+
 def test_a_serial_commit_on_a_stale_read_is_refused(storage):
     catalog = Catalog(open_store(storage))
     row = pa.table({"batch_id": ["b1"], "released_at": ["t"], "reason": ["r"], "returned": [["x"]]})

@@ -18,8 +18,10 @@ Once-only facts (a batch, a label import, a release) are *serial* commits: each 
 Delta application transaction (``txn`` action) whose version is the table's sequence
 number. Two writers that read the same sequence both commit as ``sequence + 1``; Delta's
 conflict checker lets exactly one land, and the other gets ``CatalogConflict`` and reruns
-its decision on the new state. Appends of new samples are not serial (ingests run side
-by side) but insert only ids the table lacks, so the same image is never catalogued twice.
+its decision on the new state. New samples are serial commits too (``insert_new``): an
+ingest appends what it checked against the table as of a sequence, or merges them into the
+table if another ingest landed since, so the same image is never catalogued twice. Every
+commit to ``samples`` goes through ``insert_new``.
 """
 
 from __future__ import annotations
@@ -247,25 +249,42 @@ class Catalog:
         so of two spends decided on the same state only one lands."""
         self.append(name, TABLES[name].empty_table(), after=after)
 
-    def insert_new(self, name: str, rows: pa.Table, key: str) -> int:
-        """Insert the rows whose ``key`` the table lacks; returns how many were new. Safe
-        against concurrent writers: a merge that lost a race is rerun on the new state."""
+    def insert_new(
+        self, name: str, rows: pa.Table, key: str, *, checked_at: int | None = None
+    ) -> tuple[int, int | None]:
+        """Insert the rows whose ``key`` the table lacks, as a serial commit; returns how many
+        were new, and the sequence the writer's check holds at now, or None if it no longer does.
+
+        A writer that found none of the rows' keys in the table as of sequence ``checked_at``
+        (rows unique among themselves) has them appended as they are, if nothing landed
+        since: a merge reads the whole key column (10^6 samples: 0.4 s a commit). Otherwise,
+        or on conflict, they are merged against the new state; rows that landed meanwhile are
+        unknown to the writer, so the sequence returned is None. Every commit of the table
+        is serial, so an append cannot miss a concurrent insert."""
         rows = rows.select(TABLES[name].names).cast(TABLES[name])
+        if checked_at is not None:
+            try:
+                self.append(name, rows, after=checked_at)
+                return rows.num_rows, checked_at + 1
+            except CatalogConflict:
+                pass  # another writer landed since the check: merge
         for attempt in range(_ATTEMPTS):
             table = self._open_for_write(name)
+            sequence = table.transaction_version(_app_id(name)) or 0
+            serial = CommitProperties(app_transactions=[Transaction(_app_id(name), sequence + 1)])
             try:
                 metrics = (
-                    table.merge(rows, predicate=f"t.{key} = s.{key}", source_alias="s", target_alias="t")
+                    table.merge(rows, predicate=f"t.{key} = s.{key}", source_alias="s", target_alias="t",
+                                commit_properties=serial)
                     .when_not_matched_insert_all()
                     .execute()
                 )
-                return int(metrics["num_target_rows_inserted"])
+                return int(metrics["num_target_rows_inserted"]), None
             except CommitFailedError:
                 _backoff(attempt)
             except (DeltaError, OSError) as error:
                 raise CatalogError.because(f"cannot write catalog table {name}", error) from error
         raise CatalogError(f"catalog table {name}: {_ATTEMPTS} commits in a row lost a race")
-
 
     def compact(self, max_files: int = COMPACT_ABOVE_FILES) -> dict[str, int]:
         """Rewrite each table with more than ``max_files`` data files into few large ones, and

@@ -117,7 +117,7 @@ def ingest_images(
     store.remove_stale_temp_files()  # what writers killed midway left behind
     catalog = open_catalog(store)
     columns = ["id"] if split == "pool" else ["id", "split", "label"]
-    samples = catalog.read("samples", columns)[0]  # read once, only what is compared
+    samples, checked_at = catalog.read("samples", columns)  # read once, only what is compared
     catalogued = samples.column("id")
     read_before = _source_keys(catalog.read("sources", ["name", "version"])[0])
     seen: set[str] = set()  # ids this run has already met
@@ -154,7 +154,7 @@ def ingest_images(
                     report.quarantine_reasons.append(outcome)
             if records:
                 store.sync()  # the chunk's images are on disk before a commit names them
-            _commit_chunk(catalog, records, read, report)
+            checked_at = _commit_chunk(catalog, records, read, report, checked_at)
     catalog.compact()  # every commit added a file: keep the tables few-filed
     return report
 
@@ -219,17 +219,24 @@ def _ingest_new(
 
 
 def _commit_chunk(
-    catalog: Catalog, records: list[IngestRecord], read: list[dict[str, str]], report: IngestReport
-) -> None:
+    catalog: Catalog,
+    records: list[IngestRecord],
+    read: list[dict[str, str]],
+    report: IngestReport,
+    checked_at: int | None,
+) -> int | None:
     """Samples first, then the source objects read: a crash between the two makes the rerun
-    read those objects again and find their samples already catalogued."""
+    read those objects again and find their samples already catalogued. The records were
+    checked against the catalog as of ``checked_at``; returns the sequence that holds at
+    after this commit (see ``Catalog.insert_new``)."""
     if records:
         rows = pa.Table.from_pylist([r.model_dump() for r in records])
-        inserted = catalog.insert_new("samples", rows, key="id")
+        inserted, checked_at = catalog.insert_new("samples", rows, key="id", checked_at=checked_at)
         report.new += inserted
         report.duplicate += len(records) - inserted  # a concurrent ingest catalogued them first
     if read:
         catalog.append("sources", pa.Table.from_pylist(read))
+    return checked_at
 
 
 def _chunks(items: Iterable[SourceImage], size: int) -> Iterable[list[SourceImage]]:

@@ -92,4 +92,4 @@ def _migrate_samples(store: ObjectStore, catalog: Catalog) -> int:
     rows = pa.Table.from_pylist([r.model_dump() for r in first.values()])
     if not first:
         return 0
-    return catalog.insert_new("samples", rows, key="id")
+    return catalog.insert_new("samples", rows, key="id")[0]
