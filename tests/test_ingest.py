@@ -121,6 +121,26 @@ def test_labelled_source_must_be_class_slash_image(store, tmp_path):
     assert store.list() == []
 
 
+def test_a_folder_lists_its_files_in_path_order_without_hidden_ones(tmp_path):
+    """Path order decides which of two identical files is the sample's source: parts are
+    compared one by one ("a/b" before "a-c" and "a.b", though "/" sorts after both)."""
+    root = tmp_path / "in"
+    for name in ["a-c/x.png", "a/b.png", "a.b.png", "b/.hidden.png", ".git/c.png", "a/a/z.png"]:
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        (root / name).write_bytes(name.encode())
+
+    images = list(iter_source(str(root), labelled=False))
+
+    assert [image.name for image in images] == [
+        str(root / name) for name in ["a/a/z.png", "a/b.png", "a-c/x.png", "a.b.png"]
+    ]
+    assert [image.data for image in images] == [b"a/a/z.png", b"a/b.png", b"a-c/x.png", b"a.b.png"]
+    stat = (root / "a/b.png").stat()
+    assert images[1].version == f"{stat.st_size}:{stat.st_mtime_ns}" and images[1].label is None
+    with pytest.raises(SourceError, match="found 'a/a/z.png'"):  # the first in path order
+        list(iter_source(str(root), labelled=True))
+
+
 def test_missing_source_folder_is_named(store, tmp_path):
     with pytest.raises(SourceError, match="nowhere does not exist"):
         ingest(store, tmp_path / "nowhere")
