@@ -195,6 +195,17 @@ def test_an_unsynced_write_that_fails_midway_leaves_nothing_at_its_key(tmp_path,
     assert store.get("samples/ab/ab01.png") == b"x" * 1000
 
 
+@pytest.mark.parametrize("durable", [True, False])
+def test_creating_a_key_that_is_a_folder_of_other_keys_is_refused_by_name(tmp_path, durable) -> None:
+    store = LocalStore(tmp_path / "store")
+    store.put("samples/ab/ab01.png", b"x")
+
+    with pytest.raises(StoreError, match="samples/ab: it is a folder of other keys"):
+        store.put_if_absent("samples/ab", b"y", durable=durable)
+
+    assert _all_keys(store) == ["samples/ab/ab01.png"]
+
+
 def test_exists(store: ObjectStore) -> None:
     assert store.exists("a/b.txt") is False
     store.put("a/b.txt", b"x")

@@ -213,18 +213,27 @@ class LocalStore(ObjectStore):
         temp = os.path.join(self._temp_folder, f"{TEMP_PREFIX}{uuid.uuid4().hex}")
         try:
             fd = self._create(temp, Path(self._temp_folder, "_"))
+        except OSError as error:
+            raise StoreError(f"cannot write {path}: {error}") from error
+        self._fill(temp, fd, data, path, durable)
+        return temp
+
+    @staticmethod
+    def _fill(name: str, fd: int, data: bytes, path: Path, durable: bool) -> None:
+        """Write ``data`` into the new file ``name`` (open as ``fd``) and close it, flushed to
+        disk if ``durable``. One that fails, or is interrupted, removes the file."""
+        try:
             try:
                 _write_all(fd, data)
                 if durable:
                     os.fsync(fd)
             finally:
                 os.close(fd)
-        except BaseException as error:  # an interrupt too: leave no temp file behind
-            _remove(temp)
+        except BaseException as error:
+            _remove(name)
             if isinstance(error, OSError):
                 raise StoreError(f"cannot write {path}: {error}") from error
             raise
-        return temp
 
     def _create(self, name: str, path: Path) -> int:
         """A new file ``name`` open for writing (FileExistsError if there is one), creating
@@ -289,11 +298,7 @@ class LocalStore(ObjectStore):
             self._place(os.link, temp, path)
             return True
         except FileExistsError:
-            if path.is_dir():
-                raise StoreError(
-                    f"cannot write {path}: it is a folder of other keys in store {self.uri}"
-                ) from None
-            return False
+            return self._already_there(path)
         except OSError as error:
             raise StoreError(
                 f"cannot create {path} exclusively (the local store needs a filesystem "
@@ -301,6 +306,12 @@ class LocalStore(ObjectStore):
             ) from error
         finally:
             _remove(temp)
+
+    def _already_there(self, path: Path) -> bool:
+        """``put_if_absent``'s answer when ``path`` exists: False, if it is an object."""
+        if path.is_dir():
+            raise StoreError(f"cannot write {path}: it is a folder of other keys in store {self.uri}") from None
+        return False
 
     def _create_in_place(self, path: Path, data: bytes) -> bool:
         """``put_if_absent`` without a temp file to link (a third of a small image's write).
@@ -312,23 +323,10 @@ class LocalStore(ObjectStore):
         try:
             fd = self._create(name, path)
         except FileExistsError:
-            if path.is_dir():
-                raise StoreError(
-                    f"cannot write {path}: it is a folder of other keys in store {self.uri}"
-                ) from None
-            return False
+            return self._already_there(path)
         except OSError as error:
             raise StoreError(f"cannot write {path}: {error}") from error
-        try:
-            try:
-                _write_all(fd, data)
-            finally:
-                os.close(fd)
-        except BaseException as error:  # an interrupt too: leave no partial object behind
-            _remove(name)
-            if isinstance(error, OSError):
-                raise StoreError(f"cannot write {path}: {error}") from error
-            raise
+        self._fill(name, fd, data, path, durable=False)
         return True
 
     def sync(self) -> None:
