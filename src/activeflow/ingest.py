@@ -160,8 +160,8 @@ def ingest_images(
 
 
 INGEST_CHUNK = 10_000  # images per catalog commit: the most a crash makes the rerun read
-# again (their bytes are stored already). Each commit is a merge that reads the whole id
-# column (10^6 samples: 0.5 s) and each chunk a sync, so not many more than needed.
+# again (their bytes are stored already). Each chunk costs a sync and two commits (and a
+# merge reading the whole id column after a race with another ingest), so not many more.
 INGEST_CHUNK_BYTES = 256 * 2**20  # ... and the most image bytes a chunk holds in memory
 LISTING_CHUNK = 20_000  # source entries checked against what was read before, at a time
 

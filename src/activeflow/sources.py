@@ -56,8 +56,7 @@ class _FolderImage(SourceImage):
     __slots__ = ()
 
     def __init__(self, path: str, label: str | None, version: str) -> None:
-        self.name, self.label, self.version = path, label, version
-        self.remote, self._data, self._read = False, None, None
+        self.name, self.label, self.version, self.remote = path, label, version, False
 
     @property
     def data(self) -> bytes:

@@ -212,7 +212,7 @@ class LocalStore(ObjectStore):
         mkdir's overhead cost twice as much as the syscalls themselves."""
         temp = os.path.join(self._temp_folder, f"{TEMP_PREFIX}{uuid.uuid4().hex}")
         try:
-            fd = self._create(temp, Path(self._temp_folder, "_"))
+            fd = self._create(temp)
         except OSError as error:
             raise StoreError(f"cannot write {path}: {error}") from error
         self._fill(temp, fd, data, path, durable)
@@ -235,14 +235,14 @@ class LocalStore(ObjectStore):
                 raise StoreError(f"cannot write {path}: {error}") from error
             raise
 
-    def _create(self, name: str, path: Path) -> int:
+    def _create(self, name: str) -> int:
         """A new file ``name`` open for writing (FileExistsError if there is one), creating
-        the folders of ``path`` when missing: only the first write into a folder pays."""
+        its folders when missing: only the first write into a folder pays."""
         flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL
         try:
             return os.open(name, flags, 0o666)
         except (FileNotFoundError, NotADirectoryError):
-            self._make_folder(path)
+            self._make_folder(Path(name))
             return os.open(name, flags, 0o666)
 
     def _place(self, place: Callable[[str, Path], None], temp: str, path: Path) -> None:
@@ -321,7 +321,7 @@ class LocalStore(ObjectStore):
         trusts it. A write that fails removes what it wrote."""
         name = str(path)
         try:
-            fd = self._create(name, path)
+            fd = self._create(name)
         except FileExistsError:
             return self._already_there(path)
         except OSError as error:
