@@ -4,11 +4,12 @@ The same core functions as the `benchmark` flow (activeflow.evaluation.label_eff
 the (strategy, seed) runs go to a pool of worker processes (TensorFlow trains tiny models with
 Python overhead that threads would serialise on the GIL). Seed-major order, and every finished
 run is appended to runs.jsonl at once, so a run cut short still has whole seeds to report on
-(--report-only re-summarises them). Writes benchmark.json, learning_curve.png and table.md.
+(--report-only re-summarises them; --resume adds strategies or seeds to a finished benchmark
+and runs only what runs.jsonl lacks). Writes benchmark.json, learning_curve.png and table.md.
 
     python benchmarks/label_efficiency.py [--seeds 5] [--rounds 8] [--budget 20] [--workers 2]
         [--strategies margin,entropy,...] [--dataset digits|shapes[-rotated][:N]|FOLDER|tfds:NAME]
-        [--seed-per-class 2] [--set model.min_steps=800 ...] [--out DIR] [--report-only]
+        [--seed-per-class 2] [--set model.min_steps=800 ...] [--out DIR] [--report-only | --resume]
 
 The model is the default one (what a user gets); --set changes one setting, for hand-tuned
 comparisons. Results go to benchmarks/results/label_efficiency/<dataset>/ unless --out.
@@ -74,6 +75,34 @@ def _overrides(pairs: list[str]) -> dict[str, dict]:
     return nested
 
 
+def _comparable(config, settings, overrides: list[str]) -> dict[str, object]:
+    """What runs of one benchmark must share to be compared: all but the strategies and seeds."""
+    return {
+        "run_setup": config.model_dump(mode="json", exclude={"strategies", "seeds"}),
+        "model": settings.model.model_dump(mode="json"),
+        "random_fraction": settings.strategy.random_fraction,
+    }
+
+
+def _finished_runs(previous: Path, runs_file: Path, setup: dict[str, object]) -> set[tuple[str, int]]:
+    """The (strategy, seed) runs in runs_file, once benchmark.json shows they were made alike."""
+    if not previous.is_file() or not runs_file.is_file():
+        sys.exit(f"nothing to resume: {previous} or {runs_file} is missing (--report-only writes "
+                 "benchmark.json from the runs of a benchmark cut short)")
+    document = json.loads(previous.read_text())
+    earlier = {
+        "run_setup": {k: v for k, v in document["config"].items() if k not in ("strategies", "seeds")},
+        "model": document.get("model"),
+        "random_fraction": document.get("random_fraction"),
+    }
+    differing = [key for key in setup if json.dumps(setup[key], sort_keys=True) != json.dumps(earlier[key], sort_keys=True)]
+    if differing:
+        sys.exit(f"cannot resume {previous.parent}: it was made with other settings "
+                 f"({', '.join(differing)}); use another --out")
+    runs = (json.loads(line) for line in runs_file.read_text().splitlines() if line)
+    return {(run["strategy"], run["seed"]) for run in runs}
+
+
 def main() -> None:
     from activeflow.evaluation import label_efficiency as le
     from activeflow.evaluation.demo_data import demo_settings
@@ -89,7 +118,13 @@ def main() -> None:
     parser.add_argument("--set", action="append", default=[], help="group.field=value, e.g. model.min_steps=800")
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--out", type=Path)
-    parser.add_argument("--report-only", action="store_true", help="summarise out/runs.jsonl again")
+    mode = parser.add_mutually_exclusive_group()
+    mode.add_argument("--report-only", action="store_true", help="summarise out/runs.jsonl again")
+    mode.add_argument(
+        "--resume", action="store_true",
+        help="keep out/runs.jsonl and run only the (strategy, seed) runs it lacks; refused unless "
+        "out/benchmark.json was made with the same dataset, rounds, budget and model settings",
+    )
     args = parser.parse_args()
 
     config = le.BenchmarkConfig(
@@ -100,12 +135,20 @@ def main() -> None:
     args.out = args.out or RESULTS / args.dataset.replace(":", "-").replace("/", "_")
     args.out.mkdir(parents=True, exist_ok=True)
     runs_file = args.out / "runs.jsonl"
+    previous = args.out / "benchmark.json"
+    finished: set[tuple[str, int]] = set()
+    if args.resume:
+        finished = _finished_runs(previous, runs_file, _comparable(config, settings, args.set))
     started = time.time()
     if not args.report_only:
-        runs_file.write_text("")
+        if not args.resume:
+            runs_file.write_text("")
         with tempfile.TemporaryDirectory(prefix="activeflow-benchmark-") as folder:
             data = le.prepare_dataset(Path(folder) / "data", config.dataset, config.test_size)
-            specs = le.run_specs(config, data, settings, Path(folder))
+            specs = [
+                spec for spec in le.run_specs(config, data, settings, Path(folder))
+                if (spec.strategy, spec.seed) not in finished
+            ]
             context = multiprocessing.get_context("spawn")  # TensorFlow is not fork-safe
             with ProcessPoolExecutor(args.workers, mp_context=context, initializer=_worker_init) as pool:
                 pending = {pool.submit(_run, spec.model_dump_json()): spec for spec in specs}
@@ -130,15 +173,15 @@ def main() -> None:
     kept = [r for r in records if r.seed in complete and r.strategy in names]
     if len(complete) < config.seeds:
         print(f"only seeds {sorted(complete)} are complete for every strategy; reporting those", file=sys.stderr)
-    previous = args.out / "benchmark.json"
+    earlier_wall = json.loads(previous.read_text()).get("wall_seconds") if previous.is_file() else None
     if args.report_only:  # the wall time is that of the run that made runs.jsonl
-        wall = json.loads(previous.read_text()).get("wall_seconds") if previous.is_file() else None
-    else:
-        wall = time.time() - started
+        wall = earlier_wall
+    else:  # a resumed benchmark's wall time is the sum of its runs'
+        wall = time.time() - started + ((earlier_wall or 0) if args.resume else 0)
     files = le.write_benchmark_report(
         args.out, config, kept, settings=settings,
         extra={"seeds_reported": sorted(complete), "workers": args.workers, "wall_seconds": wall,
-               "overrides": args.set},
+               "overrides": args.set, **_comparable(config, settings, args.set)},
     )
     print(files["table"].read_text())
     print(f"wrote {', '.join(str(p) for p in files.values())}")

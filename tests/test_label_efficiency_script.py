@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -53,3 +54,35 @@ def test_a_benchmark_stopped_with_sigterm_leaves_no_worker_training(tmp_path):
         for pid in workers | _children(script.pid):
             if _alive(pid):
                 os.kill(pid, signal.SIGKILL)
+
+
+# A few updates a retrain: these tests are about which runs the script makes, not accuracy.
+_QUICK = ["--seeds", "1", "--rounds", "1", "--workers", "1", "--set", "model.min_steps=1",
+          "--set", "model.head_epochs=1", "--set", "model.finetune_epochs=0"]
+
+
+def _script(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(SCRIPT), *args], capture_output=True, text=True, timeout=600)
+
+
+def test_resume_runs_only_what_a_benchmark_lacks_and_refuses_one_made_with_other_settings(tmp_path):
+    out = tmp_path / "out"
+    first = _script(*_QUICK, "--strategies", "margin", "--out", str(out))
+    assert first.returncode == 0, first.stderr
+    earlier_runs = (out / "runs.jsonl").read_text()
+
+    resumed = _script(*_QUICK, "--strategies", "margin,entropy", "--resume", "--out", str(out))
+
+    assert resumed.returncode == 0, resumed.stderr
+    trained = [line for line in resumed.stdout.splitlines() if " seed 0: " in line]
+    assert len(trained) == 1 and "entropy" in trained[0]  # random and margin were not rerun
+    assert (out / "runs.jsonl").read_text().startswith(earlier_runs)
+    summary = json.loads((out / "benchmark.json").read_text())["summary"]
+    assert {row["strategy"] for row in summary["strategies"]} == {"random", "margin", "entropy"}
+
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    refused = _script(*_QUICK, "--set", "model.batch_size=16", "--strategies", "bald", "--resume",
+                      "--out", str(out))
+    assert refused.returncode != 0
+    assert f"cannot resume {out}: it was made with other settings (model)" in refused.stderr
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
