@@ -42,11 +42,6 @@ def score_if_worth_it(settings: Settings, status: Mapping[str, object]) -> str |
 def _score_shards(settings: Settings) -> ScoringPlan:
     plan = plan_scoring(settings)
     shards = len(plan.shards)
-    progress = create_progress_artifact(
-        0.0 if shards else 100.0,
-        key="scoring-progress",
-        description=f"Scoring {plan.total} samples in {shards} shards with {plan.model_version}",
-    )
     with tags(f"model:{plan.model_version}"):
         futures = score_shard.map(
             unmapped(settings),
@@ -54,6 +49,12 @@ def _score_shards(settings: Settings) -> ScoringPlan:
             unmapped(plan.run_id),
             range(shards),
             plan.shards,
+        )
+        # After the shards are submitted: the API call overlaps their work.
+        progress = create_progress_artifact(
+            0.0 if shards else 100.0,
+            key="scoring-progress",
+            description=f"Scoring {plan.total} samples in {shards} shards with {plan.model_version}",
         )
         scored = 0
         for done, future in enumerate(as_completed(futures), start=1):
