@@ -75,7 +75,7 @@ def _overrides(pairs: list[str]) -> dict[str, dict]:
     return nested
 
 
-def _comparable(config, settings, overrides: list[str]) -> dict[str, object]:
+def _comparable(config, settings) -> dict[str, object]:
     """What runs of one benchmark must share to be compared: all but the strategies and seeds."""
     return {
         "run_setup": config.model_dump(mode="json", exclude={"strategies", "seeds"}),
@@ -138,7 +138,7 @@ def main() -> None:
     previous = args.out / "benchmark.json"
     finished: set[tuple[str, int]] = set()
     if args.resume:
-        finished = _finished_runs(previous, runs_file, _comparable(config, settings, args.set))
+        finished = _finished_runs(previous, runs_file, _comparable(config, settings))
     started = time.time()
     if not args.report_only:
         if not args.resume:
@@ -181,7 +181,7 @@ def main() -> None:
     files = le.write_benchmark_report(
         args.out, config, kept, settings=settings,
         extra={"seeds_reported": sorted(complete), "workers": args.workers, "wall_seconds": wall,
-               "overrides": args.set, **_comparable(config, settings, args.set)},
+               "overrides": args.set},
     )
     print(files["table"].read_text())
     print(f"wrote {', '.join(str(p) for p in files.values())}")
