@@ -133,12 +133,12 @@ def main() -> None:
     )
     settings = demo_settings(load_settings(**_overrides(args.set)), per_run=args.budget)
     args.out = args.out or RESULTS / args.dataset.replace(":", "-").replace("/", "_")
-    args.out.mkdir(parents=True, exist_ok=True)
     runs_file = args.out / "runs.jsonl"
     previous = args.out / "benchmark.json"
     finished: set[tuple[str, int]] = set()
-    if args.resume:
+    if args.resume:  # before anything is written
         finished = _finished_runs(previous, runs_file, _comparable(config, settings))
+    args.out.mkdir(parents=True, exist_ok=True)
     started = time.time()
     if not args.report_only:
         if not args.resume:

@@ -86,3 +86,13 @@ def test_resume_runs_only_what_a_benchmark_lacks_and_refuses_one_made_with_other
     assert refused.returncode != 0
     assert f"cannot resume {out}: it was made with other settings (model)" in refused.stderr
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+
+
+def test_resume_of_a_benchmark_that_does_not_exist_is_refused_and_creates_nothing(tmp_path):
+    out = tmp_path / "never-ran"
+
+    refused = _script("--resume", "--out", str(out))
+
+    assert refused.returncode != 0
+    assert f"nothing to resume: {out / 'benchmark.json'} or {out / 'runs.jsonl'} is missing" in refused.stderr
+    assert not out.exists()
