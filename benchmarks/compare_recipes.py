@@ -18,17 +18,13 @@ from pathlib import Path
 
 import numpy as np
 
-from activeflow.evaluation.label_efficiency import RoundRecord, area_under_curve
+from activeflow.evaluation.label_efficiency import RoundRecord, run_aulc, runs_by_seed
 
 
 def _runs(folder: Path, strategy: str) -> dict[int, list[RoundRecord]]:
     document = json.loads((folder / "benchmark.json").read_text())
-    records = [RoundRecord.model_validate(record) for record in document["records"]]
-    by_seed: dict[int, list[RoundRecord]] = {}
-    for record in records:
-        if record.strategy == strategy:
-            by_seed.setdefault(record.seed, []).append(record)
-    return {seed: sorted(run, key=lambda r: r.labels) for seed, run in by_seed.items()}
+    records = (RoundRecord.model_validate(record) for record in document["records"])
+    return runs_by_seed(r for r in records if r.strategy == strategy)
 
 
 def _model(folder: Path) -> dict[str, object]:
@@ -62,7 +58,7 @@ def compare(folders: list[Path], strategy: str) -> dict[str, object]:
         raise SystemExit(f"no seed of {strategy} is in every folder")
     rows = []
     for folder, by_seed in runs.items():
-        aulc = [100 * area_under_curve([r.labels for r in by_seed[s]], [r.accuracy for r in by_seed[s]]) for s in seeds]
+        aulc = [100 * run_aulc(by_seed[s]) for s in seeds]
         curve = np.mean([[100 * r.accuracy for r in by_seed[s]] for s in seeds], axis=0)
         rows.append({
             "recipe": _recipe(folder, folders[0]), "folder": str(folder), "aulc_per_seed": [round(a, 2) for a in aulc],

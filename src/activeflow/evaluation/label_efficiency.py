@@ -441,14 +441,16 @@ def _curve(records: Sequence[RoundRecord], value: str = "accuracy") -> CurveStat
     )
 
 
-def _by_seed(records: Iterable[RoundRecord]) -> dict[int, list[RoundRecord]]:
+def runs_by_seed(records: Iterable[RoundRecord]) -> dict[int, list[RoundRecord]]:
+    """One strategy's records as runs: seed -> its rounds in order."""
     runs: dict[int, list[RoundRecord]] = defaultdict(list)
     for record in records:
         runs[record.seed].append(record)
     return {seed: sorted(run, key=lambda r: r.round) for seed, run in sorted(runs.items())}
 
 
-def _aulc(run: Sequence[RoundRecord]) -> float:
+def run_aulc(run: Sequence[RoundRecord]) -> float:
+    """The area under one run's learning curve, in [0, 1]."""
     return area_under_curve([r.labels for r in run], [r.accuracy for r in run])
 
 
@@ -459,17 +461,17 @@ def summarise(records: Sequence[RoundRecord]) -> BenchmarkSummary:
         by_strategy[record.strategy].append(record)
     if BASELINE not in by_strategy:
         raise BenchmarkError("no random runs: the baseline is needed to compare against")
-    baseline_runs = _by_seed(by_strategy[BASELINE])
-    baseline_aulc = {seed: _aulc(run) for seed, run in baseline_runs.items()}
+    baseline_runs = runs_by_seed(by_strategy[BASELINE])
+    baseline_aulc = {seed: run_aulc(run) for seed, run in baseline_runs.items()}
     baseline_curve = _curve(by_strategy[BASELINE])
     target_accuracy = baseline_curve.mean[-1]
     random_reach = labels_to_reach(baseline_curve.labels, baseline_curve.mean, target_accuracy)
     summaries = []
     order = [BASELINE] + sorted(s for s in by_strategy if s != BASELINE)
     for name in order:
-        runs = _by_seed(by_strategy[name])
+        runs = runs_by_seed(by_strategy[name])
         curve = _curve(by_strategy[name])
-        aulcs = {seed: _aulc(run) for seed, run in runs.items()}
+        aulcs = {seed: run_aulc(run) for seed, run in runs.items()}
         finals = np.array([run[-1].accuracy for run in runs.values()])
         reach = labels_to_reach(curve.labels, curve.mean, target_accuracy)
         stops = [next((r for r in run if r.stop), None) for run in runs.values()]
@@ -527,7 +529,7 @@ def _baseline_summary(random_records: Sequence[RoundRecord]) -> BaselineSummary 
     from activeflow.training import PIXEL_BASELINE
 
     curve = _curve(random_records, "baseline_accuracy")
-    runs = _by_seed(random_records)
+    runs = runs_by_seed(random_records)
     aulc = np.mean([area_under_curve([r.labels for r in run], [r.baseline_accuracy for r in run]) for run in runs.values()])
     return BaselineSummary(name=PIXEL_BASELINE, curve=curve, aulc_mean=float(aulc), final_mean=curve.mean[-1])
 
