@@ -5,7 +5,8 @@ For N PNGs of 64x64 (``--images``), per store (local directory; SeaweedFS from
 
 - ingest: ``ingest_images`` of the folder, against a plain loop doing the same I/O one file
   at a time (local: read + sha256 + decode + write, one sync at the end; S3: boto3 ``put_object``), and
-  on S3 the same PUTs on the store's ``max_concurrency`` threads (the server's limit here);
+  on S3 the same PUTs on the store's ``max_concurrency`` threads (the server's limit here).
+  Medians of ``--repeats`` interleaved runs, each into an empty store;
 - scoring, per model (``--models``, weights none, at ``--image-size``): a raw
   ``model.predict`` on the decoded images (model load included, decoding not), the core
   loop (``score_shard`` over the plan's shards, no Prefect), and the score flow (threads
@@ -94,6 +95,38 @@ def measure_ingest(settings, source: Path) -> tuple[float, int]:
     start = time.perf_counter()
     report = ingest_images(open_store(settings.storage), iter_source(str(source), labelled=False))
     return time.perf_counter() - start, report.new
+
+
+def measure_ingest_ways(name: str, storage: dict, source: Path, work: Path, repeats: int) -> dict[str, object]:
+    """Ingest against the plain loop(s), interleaved, each into an empty store: medians of
+    ``repeats``. The first repeat's store is the one ``storage`` names, which scoring reads."""
+    from activeflow.settings import load_settings
+    from activeflow.store import open_store
+
+    seconds: dict[str, list[float]] = {"ingest": [], "loop": [], "parallel": []}
+    threads = open_store(load_settings(storage=storage).storage).max_concurrency
+    new = 0
+    for repeat in range(repeats):
+        into = storage if repeat == 0 else {**storage, "uri": f"{storage['uri']}-{repeat}"}
+        ingest_s, new = measure_ingest(load_settings(storage=into, data={"classes": CLASSES}), source)
+        seconds["ingest"].append(ingest_s)
+        if name == "local":
+            seconds["loop"].append(local_copy_loop(source, work / f"copy-loop-{repeat}"))
+        else:
+            seconds["loop"].append(s3_put_loop(source, storage["endpoint_url"], f"put-loop-{repeat}"))
+            # The same PUTs on the store's thread count: what this server and machine allow.
+            seconds["parallel"].append(
+                s3_put_loop(source, storage["endpoint_url"], f"parallel-put-loop-{repeat}", threads))
+    ingest_s, loop_s = float(np.median(seconds["ingest"])), float(np.median(seconds["loop"]))
+    row: dict[str, object] = {"images": new, "repeats": repeats, "ingest_per_s": round(new / ingest_s, 1)}
+    if name == "local":
+        row |= {"copy_decode_loop_per_s": round(new / loop_s, 1), "ingest_over_loop": round(loop_s / ingest_s, 3)}
+    else:
+        parallel_s = float(np.median(seconds["parallel"]))
+        row |= {"sequential_put_loop_per_s": round(new / loop_s, 1), "ingest_over_loop": round(loop_s / ingest_s, 3),
+                f"parallel_put_loop_{threads}_threads_per_s": round(new / parallel_s, 1),
+                "ingest_over_parallel_loop": round(parallel_s / ingest_s, 3)}
+    return row
 
 
 def crown(settings, version: str, backbone: str) -> None:
@@ -215,26 +248,9 @@ def warm_up() -> None:
 
 def run_store(name: str, storage: dict, source: Path, work: Path, args) -> dict[str, object]:
     from activeflow.settings import load_settings
-    from activeflow.store import open_store
 
     base = {"storage": storage, "data": {"classes": CLASSES}}
-    row: dict[str, object] = {"store": name}
-    ingest_s, new = measure_ingest(load_settings(**base), source)
-    if name == "local":
-        loop_s = local_copy_loop(source, work / "copy-loop")
-        row["ingest"] = {"images": new, "ingest_per_s": round(new / ingest_s, 1),
-                         "copy_decode_loop_per_s": round(new / loop_s, 1),
-                         "ingest_over_loop": round(loop_s / ingest_s, 3)}
-    else:
-        loop_s = s3_put_loop(source, storage["endpoint_url"], "put-loop")
-        # The same PUTs on the store's thread count: what this server and machine allow.
-        threads = open_store(load_settings(**base).storage).max_concurrency
-        parallel_s = s3_put_loop(source, storage["endpoint_url"], "parallel-put-loop", threads)
-        row["ingest"] = {"images": new, "ingest_per_s": round(new / ingest_s, 1),
-                         "sequential_put_loop_per_s": round(new / loop_s, 1),
-                         "ingest_over_loop": round(loop_s / ingest_s, 3),
-                         f"parallel_put_loop_{threads}_threads_per_s": round(new / parallel_s, 1),
-                         "ingest_over_parallel_loop": round(parallel_s / ingest_s, 3)}
+    row: dict[str, object] = {"store": name, "ingest": measure_ingest_ways(name, storage, source, work, args.repeats)}
     print(name, "ingest", row["ingest"], flush=True)
     for backbone in args.models:
         settings = load_settings(**base, model={"backbone": backbone, "image_size": args.image_size},
@@ -256,7 +272,7 @@ def main() -> None:
     parser.add_argument("--image-size", type=int, default=128)
     parser.add_argument("--shard-size", type=int, default=512)
     parser.add_argument("--stores", type=lambda v: v.split(","), default=["local", "s3"])
-    parser.add_argument("--repeats", type=int, default=3, help="scoring runs of each way; medians")
+    parser.add_argument("--repeats", type=int, default=3, help="runs of each way (ingest and scoring); medians")
     parser.add_argument("--dask", action="store_true")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/throughput/throughput.json"))
     args = parser.parse_args()

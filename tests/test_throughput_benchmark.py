@@ -27,6 +27,7 @@ def test_throughput_benchmark_measures_ingest_scoring_and_dask_at_a_tiny_size(tm
     assert s3["ingest"]["ingest_over_parallel_loop"] > 0 and s3["ingest"]["parallel_put_loop_16_threads_per_s"] > 0
     for row in (local, s3):
         assert row["ingest"]["images"] == 30 and row["ingest"]["ingest_over_loop"] > 0
+        assert row["ingest"]["repeats"] == 3  # the default: medians of three ingests, each into an empty store
         scoring = row["small_cnn-32"]
         assert scoring["images"] == 30
         assert all(scoring[rate] > 0 for rate in ("raw_predict_per_s", "core_per_s", "flow_per_s"))
