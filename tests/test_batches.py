@@ -94,15 +94,17 @@ def _champion_with_scores(store, probs_by_rank):
     return ids
 
 
-def test_margin_picks_the_most_confused_samples_in_order(store):
-    def gapped(n):  # sample i: top-2 gap 0.9 - 0.09 i, so later samples are more confused
-        rows = []
-        for i in range(n):
-            gap = 0.9 - 0.09 * i
-            top = (1 + gap) / 2 - 0.005
-            rows.append([top, top - gap, 1 - (2 * top - gap)])
-        return rows
+def gapped(n):
+    """Probabilities whose top-2 gap is 0.9 - 0.09 i for sample i: later ones more confused."""
+    rows = []
+    for i in range(n):
+        gap = 0.9 - 0.09 * i
+        top = (1 + gap) / 2 - 0.005
+        rows.append([top, top - gap, 1 - (2 * top - gap)])
+    return rows
 
+
+def test_margin_picks_the_most_confused_samples_in_order(store):
     ids = _champion_with_scores(store, gapped)
     result = export_batch(store, load_settings(
         storage={"uri": store.uri}, data={"classes": CLASSES},
@@ -112,6 +114,28 @@ def test_margin_picks_the_most_confused_samples_in_order(store):
     assert manifest.strategy == "margin" and manifest.model_version == "m-test"
     assert manifest.items[0].predicted == "cat"
     assert manifest.items[0].score == pytest.approx(1 - (0.9 - 0.09 * 9))
+
+
+def test_a_warm_start_draws_whole_batches_at_random_until_each_class_has_its_labels(store, tmp_path):
+    ids = _champion_with_scores(store, gapped)
+    settings = load_settings(
+        storage={"uri": store.uri}, data={"classes": CLASSES}, budget={"per_run": 3},
+        strategy={"name": "margin", "random_fraction": 0, "warm_start_per_class": 1})
+    warm_id = export_batch(store, settings).batch_id
+    warm = load_state(store).batches[warm_id]
+    # No training labels yet, fewer than 1 a class: the whole batch is a uniform draw.
+    assert warm.strategy == "random-warm-start" and warm.model_version == "m-test"
+    assert len(warm.items) == 3 and all(item.random_slice for item in warm.items)
+    assert warm.sample_ids != [ids[9], ids[8], ids[7]]  # not margin's picks (seeded draw)
+
+    for index, label in enumerate(CLASSES):  # now one training label a class
+        write_image(tmp_path / "train" / label / f"{index}.png", 100 + index)
+    ingest_images(store, iter_source(str(tmp_path / "train"), labelled=True), split="train", classes=CLASSES)
+    chosen_id = export_batch(store, settings).batch_id
+    chosen = load_state(store).batches[chosen_id]
+    assert chosen.strategy == "margin" and not any(item.random_slice for item in chosen.items)
+    left = [sid for sid in ids if sid not in warm.sample_ids]
+    assert chosen.sample_ids == left[::-1][:3]  # the most confused of what the warm start left
 
 
 def test_export_without_a_scoring_run_for_the_champion_says_what_to_do(store):

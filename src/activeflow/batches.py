@@ -87,6 +87,12 @@ def _no_scores(store: ObjectStore, version: str, strategy: str) -> ScoringError:
     return ScoringError(f"no complete scoring run for champion {version}: run `activeflow score` first")
 
 
+def _strategy_named(state: PoolState, settings: Settings, model_version: str | None) -> str:
+    if model_version is None:
+        return "random-cold-start"
+    return "random-warm-start" if selection.warming_up(state, settings) else settings.strategy.name
+
+
 def write_batch(
     store: ObjectStore,
     state: PoolState,
@@ -101,7 +107,7 @@ def write_batch(
     manifest = BatchManifest(
         batch_id=new_id("b"),
         created_at=utc_now(),
-        strategy=settings.strategy.name if model_version else "random-cold-start",
+        strategy=_strategy_named(state, settings, model_version),
         model_version=model_version,
         budget_per_run=settings.budget.per_run,
         budget_total=settings.budget.total,

@@ -222,6 +222,8 @@ def select_from_scores(  # noqa: PLR0913 (the pool, its candidates and the draw)
     outputs = pool_outputs(store, state, settings, table)
     k = min(k, outputs.n)
     k_strategy, k_random = strategies.split_budget(k, settings.strategy.random_fraction)
+    if warming_up(state, settings):
+        k_strategy, k_random = 0, k
     picked = strategies.select(name, outputs, k_strategy, seed=rng)  # [k_strategy]
     items = _items(table, _display_scores(name, table, outputs), picked, random_slice=False)
     source = table if slice_from is None else slice_from
@@ -231,6 +233,13 @@ def select_from_scores(  # noqa: PLR0913 (the pool, its candidates and the draw)
     if source is not table:
         outputs = strategies.PoolOutputs(probs=scoring.probs_of(source))
     return items + _items(source, _display_scores(name, source, outputs), drawn, random_slice=True)
+
+
+def warming_up(state: PoolState, settings: Settings) -> bool:
+    """Whether a batch is drawn wholly at random: fewer training labels than
+    ``strategy.warm_start_per_class`` per class (the configured classes, else those labelled)."""
+    classes = len(settings.data.classes) or len(set(state.labelled.values()))
+    return len(state.labelled) < settings.strategy.warm_start_per_class * max(classes, 1)
 
 
 def _items(

@@ -99,6 +99,14 @@ class StrategySettings(_Group):
             "on the pool; 0 turns the random slice off."
         ),
     )
+    warm_start_per_class: int = Field(
+        0,
+        ge=0,
+        description="Draw whole batches at random while the training labels number fewer than "
+        "this many per class: a model trained on a handful of labels ranks uncertainty poorly "
+        "(the README's 'Where strategies still lose'). 0: the strategy chooses from the first "
+        "scored batch on.",
+    )
     mc_passes: int = Field(
         10,
         ge=2,
