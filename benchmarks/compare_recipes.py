@@ -43,12 +43,15 @@ def _model(folder: Path) -> dict[str, object]:
 
 
 def _recipe(folder: Path, first: Path) -> str:
-    """What the folder's model settings change against the first folder's (the defaults)."""
+    """What the folder's model settings change against the first folder's (the defaults), and
+    its ``--set`` overrides of other groups (the record holds only the model's settings)."""
+    overrides = json.loads((folder / "benchmark.json").read_text()).get("overrides") or []
     if folder == first:
-        overrides = json.loads((folder / "benchmark.json").read_text()).get("overrides") or []
         return ", ".join(overrides) or "defaults"
     mine, theirs = _model(folder), _model(first)
-    return ", ".join(f"{key}={mine[key]}" for key in mine if mine[key] != theirs.get(key)) or "the same settings"
+    changed = [f"{key}={mine[key]}" for key in mine if mine[key] != theirs.get(key)]
+    changed += [override for override in overrides if not override.startswith("model.")]
+    return ", ".join(changed) or "the same settings"
 
 
 def compare(folders: list[Path], strategy: str) -> dict[str, object]:

@@ -10,14 +10,15 @@ from pathlib import Path
 SCRIPT = Path(__file__).parents[1] / "benchmarks" / "compare_recipes.py"
 
 
-def _benchmark(folder: Path, curves: dict[int, list[float]], min_steps: int) -> Path:
+def _benchmark(folder: Path, curves: dict[int, list[float]], min_steps: int, overrides: tuple[str, ...] = ()) -> Path:
     records = [
         {"strategy": "random", "seed": seed, "round": i, "labels": 20 * (i + 1), "accuracy": accuracy,
          "promoted": True, "seconds": 1.0}
         for seed, curve in curves.items() for i, accuracy in enumerate(curve)
     ]
     folder.mkdir()
-    document = {"model": {"min_steps": min_steps, "augment": {"shift": 0.1}}, "overrides": [], "records": records}
+    document = {"model": {"min_steps": min_steps, "augment": {"shift": 0.1}}, "overrides": list(overrides),
+                "records": records}
     (folder / "benchmark.json").write_text(json.dumps(document))
     return folder
 
@@ -42,6 +43,18 @@ def test_recipes_are_compared_on_the_seeds_both_ran_and_named_by_what_they_chang
     assert second["aulc_vs_first_points"] == 5.0 and second["seeds_above_first"] == 1
     assert result["best"] == "min_steps=2400" and result["first_behind_best_points"] == 5.0
     assert second["mean_accuracy"] == [55.0, 85.0]
+
+
+def test_a_recipe_that_changes_settings_outside_the_model_is_named_by_its_overrides(tmp_path):
+    default = _benchmark(tmp_path / "default", {0: [0.5, 0.7]}, 1200)
+    warm = _benchmark(tmp_path / "warm", {0: [0.5, 0.8]}, 1200, ("strategy.warm_start_per_class=4",))
+    out = tmp_path / "compare.json"
+
+    done = _compare(str(default), str(warm), "--out", str(out))
+
+    assert done.returncode == 0, done.stderr
+    assert [row["recipe"] for row in json.loads(out.read_text())["rows"]] == [
+        "defaults", "strategy.warm_start_per_class=4"]
 
 
 def test_recipes_without_a_common_seed_are_refused_and_nothing_is_written(tmp_path):
