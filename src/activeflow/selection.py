@@ -238,8 +238,11 @@ def select_from_scores(  # noqa: PLR0913 (the pool, its candidates and the draw)
 def warming_up(state: PoolState, settings: Settings) -> bool:
     """Whether a batch is drawn wholly at random: fewer training labels than
     ``strategy.warm_start_per_class`` per class (the configured classes, else those labelled)."""
+    per_class = settings.strategy.warm_start_per_class
+    if per_class == 0:
+        return False  # off: and the labels, a catalog read, are not needed
     classes = len(settings.data.classes) or len(set(state.labelled.values()))
-    return len(state.labelled) < settings.strategy.warm_start_per_class * max(classes, 1)
+    return len(state.labelled) < per_class * max(classes, 1)
 
 
 def _items(

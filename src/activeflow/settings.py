@@ -103,9 +103,9 @@ class StrategySettings(_Group):
         0,
         ge=0,
         description="Draw whole batches at random while the training labels number fewer than "
-        "this many per class: a model trained on a handful of labels ranks uncertainty poorly "
-        "(the README's 'Where strategies still lose'). 0: the strategy chooses from the first "
-        "scored batch on.",
+        "this many per class, for when a model trained on a handful of labels ranks uncertainty "
+        "poorly (on ten classes of shapes it did not help: README, 'A random first batch'). "
+        "0: the strategy chooses from the first scored batch on.",
     )
     mc_passes: int = Field(
         10,
