@@ -51,6 +51,20 @@ def _die_with_parent() -> None:
         os._exit(1)
 
 
+def _stop_on_sigterm() -> None:
+    """SIGTERM (`kill`, `timeout`) ended the script without unwinding, leaving its scratch
+    folder of data and stores (up to a GB) in the temp dir: end the workers, then exit the
+    way Ctrl-C does, through every ``with`` block."""
+    import signal
+
+    def stop(signum: int, frame: object) -> None:
+        for worker in multiprocessing.active_children():
+            worker.kill()
+        raise SystemExit(128 + signum)
+
+    signal.signal(signal.SIGTERM, stop)
+
+
 def _run(spec_json: str) -> list[dict]:
     from activeflow.evaluation import label_efficiency as le
 
@@ -140,6 +154,7 @@ def main() -> None:
         finished = _finished_runs(previous, runs_file, _comparable(config, settings))
     args.out.mkdir(parents=True, exist_ok=True)
     started = time.time()
+    _stop_on_sigterm()
     if not args.report_only:
         if not args.resume:
             runs_file.write_text("")

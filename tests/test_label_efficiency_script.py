@@ -29,11 +29,13 @@ def _alive(pid: int) -> bool:
 
 
 @pytest.mark.skipif(sys.platform != "linux", reason="reads the process tree from /proc")
-def test_a_benchmark_stopped_with_sigterm_leaves_no_worker_training(tmp_path):
+def test_a_benchmark_stopped_with_sigterm_leaves_no_worker_training_and_no_scratch_folder(tmp_path):
+    scratch = tmp_path / "tmp"  # where its temporary folder of data and stores goes
+    scratch.mkdir()
     script = subprocess.Popen(
         [sys.executable, str(SCRIPT), "--seeds", "1", "--rounds", "1", "--strategies", "margin",
          "--workers", "2", "--out", str(tmp_path / "out")],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env={**os.environ, "TMPDIR": str(scratch)},
     )
     workers: set[int] = set()
     try:
@@ -49,6 +51,7 @@ def test_a_benchmark_stopped_with_sigterm_leaves_no_worker_training(tmp_path):
         while any(_alive(pid) for pid in workers) and time.monotonic() < deadline:
             time.sleep(0.5)
         assert not any(_alive(pid) for pid in workers), "workers outlived the stopped benchmark"
+        assert not list(scratch.glob("activeflow-benchmark-*")), "its scratch folder outlived it"
     finally:
         script.kill()
         for pid in workers | _children(script.pid):
