@@ -13,6 +13,7 @@ compared.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 from pathlib import Path
 
@@ -21,9 +22,14 @@ import numpy as np
 from activeflow.evaluation.label_efficiency import RoundRecord, run_aulc, runs_by_seed
 
 
+@functools.cache
+def _document(folder: Path) -> dict[str, object]:
+    """A benchmark's benchmark.json, read once (records, model settings and overrides)."""
+    return json.loads((folder / "benchmark.json").read_text())
+
+
 def _runs(folder: Path, strategy: str) -> dict[int, list[RoundRecord]]:
-    document = json.loads((folder / "benchmark.json").read_text())
-    records = (RoundRecord.model_validate(record) for record in document["records"])
+    records = (RoundRecord.model_validate(record) for record in _document(folder)["records"])
     return runs_by_seed(r for r in records if r.strategy == strategy)
 
 
@@ -38,14 +44,14 @@ def _model(folder: Path) -> dict[str, object]:
         else:
             flat[prefix.rstrip(".")] = value
 
-    visit("", json.loads((folder / "benchmark.json").read_text())["model"])
+    visit("", _document(folder)["model"])
     return flat
 
 
 def _recipe(folder: Path, first: Path) -> str:
     """What the folder's model settings change against the first folder's (the defaults), and
     its ``--set`` overrides of other groups (the record holds only the model's settings)."""
-    overrides = json.loads((folder / "benchmark.json").read_text()).get("overrides") or []
+    overrides = _document(folder).get("overrides") or []
     if folder == first:
         return ", ".join(overrides) or "defaults"
     mine, theirs = _model(folder), _model(first)

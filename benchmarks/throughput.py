@@ -101,10 +101,9 @@ def measure_ingest_ways(name: str, storage: dict, source: Path, work: Path, repe
     """Ingest against the plain loop(s), interleaved, each into an empty store: medians of
     ``repeats``. The first repeat's store is the one ``storage`` names, which scoring reads."""
     from activeflow.settings import load_settings
-    from activeflow.store import open_store
 
     seconds: dict[str, list[float]] = {"ingest": [], "loop": [], "parallel": []}
-    threads = open_store(load_settings(storage=storage).storage).max_concurrency
+    threads = load_settings(storage=storage).storage.max_concurrency  # the store's, as ingest uses
     new = 0
     for repeat in range(repeats):
         into = storage if repeat == 0 else {**storage, "uri": f"{storage['uri']}-{repeat}"}
