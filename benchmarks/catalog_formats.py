@@ -8,7 +8,7 @@ Per format and store (a local directory; a SeaweedFS S3 bucket, started here):
    each try "append one row, but only if nobody committed since v". Want exactly one
    winner and one error per trial, and the table one row longer:
    - Delta: an append carrying the application transaction ("bench", trial) (the pattern
-     `activeflow.catalog` uses), on the table opened at v;
+     `activeflow.core.storage.catalog` uses), on the table opened at v;
    - Lance: `LanceDataset.commit(Overwrite(rows at v + one row), read_version=v)`;
      Lance rebases appends, deletes, updates and merge-inserts over intervening commits,
      an Overwrite made on a stale read is refused instead;

@@ -17,14 +17,16 @@ import tempfile
 import time
 from pathlib import Path
 
-from activeflow import batches, label_import, scoring, training
+from activeflow.core.ingest.ingest import ingest_images
+from activeflow.core.ingest.sources import iter_source
+from activeflow.core.label import batches, label_import
+from activeflow.core.score import scoring
+from activeflow.core.storage.pool import load_state
+from activeflow.core.storage.store import open_store
+from activeflow.core.train import training
 from activeflow.evaluation import simulation
 from activeflow.evaluation.demo_data import demo_settings, write_digits
-from activeflow.ingest import ingest_images
-from activeflow.pool import load_state
 from activeflow.settings import load_settings
-from activeflow.sources import iter_source
-from activeflow.store import open_store
 
 
 def timed(timings: dict[str, float], step: str, fn, *args, **kwargs):

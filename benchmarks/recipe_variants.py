@@ -36,8 +36,8 @@ def _variant(text: str) -> tuple[str, list[str]]:
 
 
 def _labelled_pixels(folder: str, classes: list[str], size: int) -> tuple[np.ndarray, np.ndarray]:
-    from activeflow.modeling import decode_images
-    from activeflow.sources import iter_source
+    from activeflow.core.ingest.sources import iter_source
+    from activeflow.core.score.modeling import decode_images
 
     images = list(iter_source(folder, labelled=True))
     y = np.array([classes.index(image.label) for image in images])
@@ -47,7 +47,7 @@ def _labelled_pixels(folder: str, classes: list[str], size: int) -> tuple[np.nda
 def _retrain_accuracy(settings, train: tuple, test: tuple, count: int) -> tuple[float, int]:
     """(test accuracy, labels used) of one retrain on ``count`` labels drawn evenly per class
     with ``settings.seed``."""
-    from activeflow import modeling
+    from activeflow.core.score import modeling
 
     (x, y), (x_test, y_test) = train, test
     classes = int(y.max()) + 1
@@ -62,9 +62,10 @@ def _retrain_accuracy(settings, train: tuple, test: tuple, count: int) -> tuple[
 
 
 def main() -> None:
+    from label_efficiency import _overrides
+
     from activeflow.evaluation import label_efficiency as le
     from activeflow.settings import load_settings
-    from label_efficiency import _overrides
 
     parser = argparse.ArgumentParser()
     parser.add_argument("--dataset", default="shapes")

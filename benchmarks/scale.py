@@ -42,9 +42,9 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from activeflow.catalog import Catalog
-from activeflow.pool import BatchItemRecord, BatchManifest, manifest_rows
-from activeflow.store import LocalStore
+from activeflow.core.storage.catalog import Catalog
+from activeflow.core.storage.pool import BatchItemRecord, BatchManifest, manifest_rows
+from activeflow.core.storage.store import LocalStore
 
 BATCHES, ITEMS = 50, 100
 CHUNK = 1_000_000  # rows per commit while synthesising
@@ -53,7 +53,7 @@ CLASSES = [f"c{i}" for i in range(10)]
 EMBEDDING = 128
 
 _EXPORT = """
-from activeflow.batches import export_batch
+from activeflow.core.label.batches import export_batch
 from activeflow.settings import load_settings
 settings = load_settings(storage={{"uri": str(store.root)}}, data={{"classes": {classes}}},
                          budget={{"per_run": 1000}}, strategy={{"name": "{name}"}})
@@ -64,14 +64,14 @@ result = {{"batch": batch.size}}
 
 MEASURE = {
     "status": """
-from activeflow.pool import load_state
+from activeflow.core.storage.pool import load_state
 start = time.perf_counter()
 summary = load_state(store).summary(None)
 result = {"unlabelled": summary["unlabelled"], "labelled": summary["labelled"]}
 """,
     "plan-scoring": """
-from activeflow import scoring
-from activeflow.pool import load_state
+from activeflow.core.score import scoring
+from activeflow.core.storage.pool import load_state
 from activeflow.settings import load_settings
 settings = load_settings(storage={"uri": str(store.root)})
 start = time.perf_counter()
@@ -85,7 +85,7 @@ result = {"to_score": plan.total, "reused": plan.reused}
 _CHILD = """
 import json, os, re, sys, time
 from pathlib import Path
-from activeflow.store import LocalStore
+from activeflow.core.storage.store import LocalStore
 store = LocalStore(sys.argv[1])
 
 def write_pngs(folder, count, side, seed):
@@ -156,7 +156,7 @@ def synthesise(store: LocalStore, size: int) -> int:
 
 def synthesise_scores(store: LocalStore, size: int, first: int, embeddings: bool) -> None:
     """The champion's complete scoring run over samples first..size (the unqueued ones)."""
-    from activeflow import scoring  # TensorFlow: imported only to write the scores
+    from activeflow.core.score import scoring  # TensorFlow: imported only to write the scores
 
     rng = np.random.default_rng(0)
     for number, start in enumerate(range(first, size, PART)):
@@ -174,11 +174,11 @@ def synthesise_scores(store: LocalStore, size: int, first: int, embeddings: bool
 NIGHTLY = """
 import statistics
 from pathlib import Path
-from activeflow import modeling, scoring
-from activeflow.batches import export_batch
-from activeflow.ingest import ingest_images
+from activeflow.core.score import modeling, scoring
+from activeflow.core.label.batches import export_batch
+from activeflow.core.ingest.ingest import ingest_images
 from activeflow.settings import load_settings
-from activeflow.sources import iter_source
+from activeflow.core.ingest.sources import iter_source
 settings = load_settings(storage={{"uri": str(store.root)}}, data={{"classes": {classes}}}, budget={{"per_run": 100}})
 store.put("models/m1/model.keras", modeling.model_to_bytes(modeling.build_classifier(settings.model, 10)))
 nights = []
@@ -214,8 +214,8 @@ result = {{"new": {new}, "scored": nights[0]["scored"], "reused": nights[0]["reu
 
 REINGEST = """
 from pathlib import Path
-from activeflow.ingest import ingest_images
-from activeflow.sources import iter_source
+from activeflow.core.ingest.ingest import ingest_images
+from activeflow.core.ingest.sources import iter_source
 inbox = write_pngs(Path(sys.argv[1]).parent / "source", {count}, side=12, seed=2)
 os.sync()
 start = time.perf_counter()

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from activeflow.strategies import select_top
+from activeflow.core.score.strategies import select_top
 
 N = 10**7
 KS = (100, 10_000, 1_000_000)

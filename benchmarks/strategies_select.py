@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from activeflow.strategies import PoolOutputs, select
+from activeflow.core.score.strategies import PoolOutputs, select
 
 N = 100_000
 D = 128

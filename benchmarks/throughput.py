@@ -73,7 +73,7 @@ def s3_put_loop(source: Path, endpoint: str, bucket: str, threads: int = 1) -> f
     """boto3 put_object of each file, on ``threads`` threads (1: a plain loop): seconds."""
     from s3_server import s3_client
 
-    from activeflow.store import parallel_map
+    from activeflow.core.storage.store import parallel_map
 
     client = s3_client(endpoint, max_pool_connections=max(10, threads))
     client.create_bucket(Bucket=bucket)
@@ -88,9 +88,9 @@ def s3_put_loop(source: Path, endpoint: str, bucket: str, threads: int = 1) -> f
 
 
 def measure_ingest(settings, source: Path) -> tuple[float, int]:
-    from activeflow.ingest import ingest_images
-    from activeflow.sources import iter_source
-    from activeflow.store import open_store
+    from activeflow.core.ingest.ingest import ingest_images
+    from activeflow.core.ingest.sources import iter_source
+    from activeflow.core.storage.store import open_store
 
     start = time.perf_counter()
     report = ingest_images(open_store(settings.storage), iter_source(str(source), labelled=False))
@@ -131,9 +131,9 @@ def measure_ingest_ways(name: str, storage: dict, source: Path, work: Path, repe
 def crown(settings, version: str, backbone: str) -> None:
     """An untrained model of ``backbone`` as the champion (scoring cost does not depend on
     the weights' values)."""
-    from activeflow import modeling
-    from activeflow.pool import Promotion, model_key, promotion_key
-    from activeflow.store import open_store, put_json
+    from activeflow.core.score import modeling
+    from activeflow.core.storage.pool import Promotion, model_key, promotion_key
+    from activeflow.core.storage.store import open_store, put_json
 
     store = open_store(settings.storage)
     model = modeling.build_classifier(settings.model, len(CLASSES))
@@ -145,8 +145,8 @@ def crown(settings, version: str, backbone: str) -> None:
 
 
 def forget_scores(settings) -> None:
-    from activeflow import scoring
-    from activeflow.store import open_store
+    from activeflow.core.score import scoring
+    from activeflow.core.storage.store import open_store
 
     store = open_store(settings.storage)
     for key in store.list("scores/"):
@@ -156,10 +156,10 @@ def forget_scores(settings) -> None:
 
 def measure_scoring(settings, version: str, repeats: int) -> dict[str, float]:
     """Medians of ``repeats`` runs of each way, interleaved (raw, core, flow, raw, ...)."""
-    from activeflow import modeling, scoring
+    from activeflow.core.score import modeling, scoring
+    from activeflow.core.storage.pool import load_state, model_key
+    from activeflow.core.storage.store import iter_many, open_store
     from activeflow.flows.score import run_score_flow
-    from activeflow.pool import load_state, model_key
-    from activeflow.store import iter_many, open_store
 
     store = open_store(settings.storage)
     plan = scoring.plan_scoring(load_state(store), settings)
@@ -201,9 +201,9 @@ def measure_scoring(settings, version: str, repeats: int) -> dict[str, float]:
 
 
 def measure_dask(settings, version: str) -> dict[str, object]:
+    from activeflow.core.score.scoring import model_scores
+    from activeflow.core.storage.store import open_store
     from activeflow.flows.score import run_score_flow
-    from activeflow.scoring import model_scores
-    from activeflow.store import open_store
 
     store = open_store(settings.storage)
     columns: list[str] = []
@@ -232,7 +232,7 @@ def warm_up() -> None:
     (once per process, not part of any run measured)."""
     from prefect import flow
 
-    from activeflow import modeling
+    from activeflow.core.score import modeling
     from activeflow.settings import ModelSettings
 
     model = modeling.build_classifier(ModelSettings(image_size=8), 2)

@@ -21,14 +21,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # the se
 
 from prefect_server import BIN, spawn, start_prefect_server, wait_for  # noqa: E402
 
-from activeflow.batches import export_batch  # noqa: E402
+from activeflow.core.ingest.ingest import ingest_images  # noqa: E402
+from activeflow.core.ingest.sources import iter_source  # noqa: E402
+from activeflow.core.label.batches import export_batch  # noqa: E402
+from activeflow.core.storage.pool import load_state  # noqa: E402
+from activeflow.core.storage.store import LocalStore  # noqa: E402
 from activeflow.evaluation.demo_data import write_digits  # noqa: E402
-from activeflow.ingest import ingest_images  # noqa: E402
-from activeflow.pool import load_state  # noqa: E402
-from activeflow.settings import load_settings  # noqa: E402
 from activeflow.evaluation.simulation import ground_truth  # noqa: E402
-from activeflow.sources import iter_source  # noqa: E402
-from activeflow.store import LocalStore  # noqa: E402
+from activeflow.settings import load_settings  # noqa: E402
 
 
 def prepare(root: Path) -> tuple[dict[str, str], str, Path]:

@@ -12,14 +12,14 @@ import numpy as np
 import pytest
 from images import write_image
 
-from activeflow import scoring
-from activeflow.batches import export_batch
-from activeflow.ingest import ingest_images
-from activeflow.pool import Promotion, load_state, promotion_key
-from activeflow.scoring import ScoringError
+from activeflow.core.ingest.ingest import ingest_images
+from activeflow.core.ingest.sources import iter_source
+from activeflow.core.label.batches import export_batch
+from activeflow.core.score import scoring
+from activeflow.core.score.scoring import ScoringError
+from activeflow.core.storage.pool import Promotion, load_state, promotion_key
+from activeflow.core.storage.store import LocalStore, put_json_if_absent
 from activeflow.settings import load_settings
-from activeflow.sources import iter_source
-from activeflow.store import LocalStore, put_json_if_absent
 
 CLASSES = ["cat", "dog", "bird"]
 
@@ -197,8 +197,8 @@ def test_label_studio_links_relative_to_its_document_root(store, tmp_path):
 
 
 def test_stale_batches_are_released_back_to_the_pool(store):
-    from activeflow.batches import release_stale_batches
-    from activeflow.label_import import import_labels
+    from activeflow.core.label.batches import release_stale_batches
+    from activeflow.core.label.label_import import import_labels
 
     settings = load_settings(storage={"uri": store.uri}, data={"classes": CLASSES},
                              budget={"per_run": 4}, labelling={"release_after_hours": 24})
@@ -219,8 +219,8 @@ def test_stale_batches_are_released_back_to_the_pool(store):
 
 
 def test_late_labels_of_a_released_batch_skip_samples_queued_again_elsewhere(store):
-    from activeflow.batches import release_stale_batches
-    from activeflow.label_import import import_labels
+    from activeflow.core.label.batches import release_stale_batches
+    from activeflow.core.label.label_import import import_labels
 
     settings = load_settings(storage={"uri": store.uri}, data={"classes": CLASSES},
                              budget={"per_run": 10}, labelling={"release_after_hours": 1})
@@ -242,8 +242,8 @@ def test_late_labels_of_a_released_batch_skip_samples_queued_again_elsewhere(sto
 def test_late_labels_of_a_released_batch_never_take_spending_over_the_total(store):
     """Released samples were handed back unspent; labels arriving for them afterwards are
     spending too, and the total budget caps them like any batch."""
-    from activeflow.batches import release_stale_batches
-    from activeflow.label_import import import_labels
+    from activeflow.core.label.batches import release_stale_batches
+    from activeflow.core.label.label_import import import_labels
 
     settings = load_settings(storage={"uri": store.uri}, data={"classes": CLASSES},
                              budget={"per_run": 4, "total": 6}, labelling={"release_after_hours": 1})
@@ -268,7 +268,7 @@ def test_late_labels_of_a_released_batch_never_take_spending_over_the_total(stor
 
 def _released_batch(store, total):
     """A store whose first batch (4 samples) was released back to the pool unlabelled."""
-    from activeflow.batches import release_stale_batches
+    from activeflow.core.label.batches import release_stale_batches
 
     settings = load_settings(storage={"uri": store.uri}, data={"classes": CLASSES},
                              budget={"per_run": 4, "total": total}, labelling={"release_after_hours": 1})
@@ -280,7 +280,7 @@ def _released_batch(store, total):
 def test_late_labels_decided_before_a_concurrent_export_landed_are_decided_again(store):
     """An import that read the store before an export committed must not spend what the
     export spent: its commit is refused and it decides again on the new state."""
-    from activeflow.label_import import import_labels
+    from activeflow.core.label.label_import import import_labels
 
     settings, first, ids = _released_batch(store, total=6)
     read_before_export = load_state(store)
@@ -299,9 +299,9 @@ def test_late_labels_decided_before_a_concurrent_export_landed_are_decided_again
 def test_an_export_decided_before_late_labels_landed_is_decided_again(store):
     """The other order: late labels commit while an export is deciding; the export's commit
     is refused and writes nothing, and export_batch's rerun spends only what is left."""
-    from activeflow.batches import select_batch, write_batch
-    from activeflow.catalog import CatalogConflict
-    from activeflow.label_import import import_labels
+    from activeflow.core.label.batches import select_batch, write_batch
+    from activeflow.core.label.label_import import import_labels
+    from activeflow.core.storage.catalog import CatalogConflict
 
     settings, first, ids = _released_batch(store, total=6)
     read_before_import = load_state(store)
@@ -320,7 +320,7 @@ def test_an_export_decided_before_late_labels_landed_is_decided_again(store):
 
 
 def test_by_default_an_unfinished_batch_goes_back_to_the_pool_after_a_week(store):
-    from activeflow.batches import release_stale_batches
+    from activeflow.core.label.batches import release_stale_batches
 
     settings = settings_for(store)
     batch = export_batch(store, settings).batch_id

@@ -11,12 +11,13 @@ import pyarrow as pa
 import pytest
 from images import write_image
 
-from activeflow.batches import export_batch
-from activeflow.catalog import Catalog, CatalogConflict
-from activeflow.ingest import ingest_images
-from activeflow.label_import import import_labels
-from activeflow.migrate import migrate
-from activeflow.pool import (
+from activeflow.core.ingest.ingest import ingest_images
+from activeflow.core.ingest.sources import iter_source
+from activeflow.core.label.batches import export_batch
+from activeflow.core.label.label_import import import_labels
+from activeflow.core.storage.catalog import Catalog, CatalogConflict
+from activeflow.core.storage.migrate import migrate
+from activeflow.core.storage.pool import (
     BatchItemRecord,
     BatchManifest,
     BatchRelease,
@@ -24,9 +25,8 @@ from activeflow.pool import (
     IngestRecord,
     load_state,
 )
+from activeflow.core.storage.store import ObjectStore, StoreError, jsonl_bytes, open_store, put_json
 from activeflow.settings import load_settings
-from activeflow.sources import iter_source
-from activeflow.store import ObjectStore, StoreError, jsonl_bytes, open_store, put_json
 
 CLASSES = ["cat", "dog"]
 
@@ -122,7 +122,7 @@ def test_late_labels_imported_during_concurrent_exports_never_overspend(storage,
     together, they still spend the total exactly once between them."""
     from datetime import UTC, datetime, timedelta
 
-    from activeflow.batches import release_stale_batches
+    from activeflow.core.label.batches import release_stale_batches
 
     store, settings = _pool(storage, tmp_path, 30, total=6)
     settings = settings.model_copy(update={"labelling": settings.labelling.model_copy(
@@ -152,7 +152,7 @@ def test_late_labels_imported_during_concurrent_exports_never_overspend(storage,
 def test_concurrent_ingests_of_overlapping_folders_catalogue_each_image_once(storage, tmp_path, monkeypatch):
     """Six ingests at once, in chunks of 4, of folders that share most of their images:
     every image lands once, and the reports' new counts add up to the distinct images."""
-    import activeflow.ingest as ingest_module
+    import activeflow.core.ingest.ingest as ingest_module
 
     monkeypatch.setattr(ingest_module, "INGEST_CHUNK", 4)
     folders = []

@@ -104,11 +104,16 @@ def test_retrain_without_classes_says_how_to_set_them(tmp_path, capsys):
 
 
 def test_core_modules_import_without_prefect():
-    core = ["settings", "store", "strategies", "pool", "sources", "ingest", "modeling", "scoring",
-            "batches", "labelling", "label_import", "training", "reporting",
-            "evaluation.simulation", "evaluation.demo_data", "evaluation.label_efficiency"]
-    code = "import sys\n" + "".join(f"import activeflow.{m}\n" for m in core) + \
+    # Every module of the core package, found by walking it: a new one is checked too.
+    code = (
+        "import pkgutil, sys, activeflow.core, activeflow.settings, activeflow.parameters\n"
+        "import activeflow.evaluation.simulation, activeflow.evaluation.demo_data\n"
+        "import activeflow.evaluation.label_efficiency\n"
+        "found = [m.name for m in pkgutil.walk_packages(activeflow.core.__path__, 'activeflow.core.')]\n"
+        "for name in found: __import__(name)\n"
+        "assert len(found) >= 20, found\n"  # it walked the packages
         "assert 'prefect' not in sys.modules, sorted(m for m in sys.modules if 'prefect' in m)[:5]"
+    )
     subprocess.run([sys.executable, "-c", code], check=True)
 
 
@@ -149,10 +154,10 @@ def test_a_pool_image_ingested_again_as_a_test_image_exits_1_naming_it(tmp_path,
 def test_late_labels_beyond_the_total_budget_exit_1_saying_so(tmp_path, capsys, monkeypatch):
     from datetime import UTC, datetime, timedelta
 
-    from activeflow.batches import export_batch, release_stale_batches
-    from activeflow.pool import load_state
+    from activeflow.core.label.batches import export_batch, release_stale_batches
+    from activeflow.core.storage.pool import load_state
+    from activeflow.core.storage.store import LocalStore
     from activeflow.settings import load_settings
-    from activeflow.store import LocalStore
 
     for n in range(6):
         write_image(tmp_path / "in" / f"{n}.png", n)

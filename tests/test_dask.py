@@ -14,14 +14,14 @@ import pytest
 from images import write_image
 from processes import processes_with
 
-from activeflow import modeling
+from activeflow.core.ingest.ingest import ingest_images
+from activeflow.core.ingest.sources import iter_source
+from activeflow.core.score import modeling
+from activeflow.core.score.scoring import model_scores
+from activeflow.core.storage.pool import Promotion, model_key, promotion_key
+from activeflow.core.storage.store import open_store, put_json_if_absent
 from activeflow.flows.score import run_score_flow
-from activeflow.ingest import ingest_images
-from activeflow.pool import Promotion, model_key, promotion_key
-from activeflow.scoring import model_scores
 from activeflow.settings import load_settings
-from activeflow.sources import iter_source
-from activeflow.store import open_store, put_json_if_absent
 
 pytestmark = [pytest.mark.usefixtures("prefect_harness"), pytest.mark.s3, pytest.mark.slow]
 

@@ -11,7 +11,11 @@ import yaml
 from images import write_image
 from prefect_server import BIN
 
-from activeflow.catalog import Catalog
+from activeflow.core.ingest.sources import SourceError
+from activeflow.core.label.labelling import LabelFileError
+from activeflow.core.storage.catalog import Catalog
+from activeflow.core.storage.pool import load_state
+from activeflow.core.storage.store import open_store
 from activeflow.deployments import (
     DEPLOYMENT_NAME,
     build_deployments,
@@ -19,12 +23,8 @@ from activeflow.deployments import (
     labels_ready_trigger,
     settings_environment,
 )
-from activeflow.labelling import LabelFileError
 from activeflow.parameters import ExportOptions, RetrainOptions
-from activeflow.pool import load_state
 from activeflow.settings import ScheduleSettings, load_settings
-from activeflow.sources import SourceError
-from activeflow.store import open_store
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -199,7 +199,7 @@ def test_watch_labels_announces_a_drop_once_and_import_refuses_a_bad_file_whole(
 def test_store_errors_are_retried_and_other_errors_are_not():
     from prefect import flow, task
 
-    from activeflow.store import StoreError
+    from activeflow.core.storage.store import StoreError
     from activeflow.tasks.retry import STORE_RETRIES
 
     calls = {"store": 0, "label": 0}

@@ -7,18 +7,18 @@ from pathlib import Path
 
 import pytest
 
+from activeflow.core.score.scoring import model_scores
+from activeflow.core.storage.pool import load_state
+from activeflow.core.storage.store import open_store
 from activeflow.evaluation.demo_data import write_digits
+from activeflow.evaluation.simulation import ground_truth
 from activeflow.flows.cycle import cycle_flow
 from activeflow.flows.export_batch import export_batch_flow
 from activeflow.flows.import_labels import import_labels_flow
 from activeflow.flows.ingest import ingest_flow
 from activeflow.flows.retrain import retrain_flow
 from activeflow.flows.score import score_flow
-from activeflow.pool import load_state
-from activeflow.scoring import model_scores
 from activeflow.settings import load_settings
-from activeflow.evaluation.simulation import ground_truth
-from activeflow.store import open_store
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")
 

@@ -11,12 +11,12 @@ import zlib
 import pytest
 from images import write_image, write_labelled_tree
 
-from activeflow import ingest as ingest_module
-from activeflow.ingest import content_id, ingest_images
-from activeflow.pool import load_state, open_catalog
+from activeflow.core.ingest import ingest as ingest_module
+from activeflow.core.ingest.ingest import content_id, ingest_images
+from activeflow.core.ingest.sources import SourceError, SourceImage, iter_source
+from activeflow.core.storage.pool import load_state, open_catalog
+from activeflow.core.storage.store import LocalStore, StoreError, get_json, open_store
 from activeflow.settings import SettingsError, load_settings
-from activeflow.sources import SourceError, SourceImage, iter_source
-from activeflow.store import LocalStore, StoreError, get_json, open_store
 
 
 @pytest.fixture

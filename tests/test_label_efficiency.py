@@ -9,9 +9,9 @@ import pytest
 from images import write_labelled_tree
 from PIL import Image
 
+from activeflow.core.ingest.sources import SourceImage, iter_source
 from activeflow.evaluation import label_efficiency as le
 from activeflow.evaluation import prepare_output_folder
-from activeflow.sources import SourceImage, iter_source
 
 
 def test_area_under_curve_is_the_mean_accuracy_over_the_label_span():
@@ -160,7 +160,7 @@ def test_the_benchmark_and_selection_core_import_no_prefect():
     import subprocess
     import sys
 
-    code = "import sys, activeflow.evaluation.label_efficiency, activeflow.selection; print('prefect' in sys.modules)"
+    code = "import sys, activeflow.evaluation.label_efficiency, activeflow.core.score.selection; print('prefect' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
 

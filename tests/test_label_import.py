@@ -7,15 +7,15 @@ import json
 import pytest
 from images import write_image
 
-from activeflow.batches import export_batch
-from activeflow.catalog import Catalog
-from activeflow.ingest import ingest_images
-from activeflow.label_import import import_labels
-from activeflow.labelling import LabelFileError
-from activeflow.pool import load_state
+from activeflow.core.ingest.ingest import ingest_images
+from activeflow.core.ingest.sources import iter_source
+from activeflow.core.label.batches import export_batch
+from activeflow.core.label.label_import import import_labels
+from activeflow.core.label.labelling import LabelFileError
+from activeflow.core.storage.catalog import Catalog
+from activeflow.core.storage.pool import load_state
+from activeflow.core.storage.store import LocalStore
 from activeflow.settings import load_settings
-from activeflow.sources import iter_source
-from activeflow.store import LocalStore
 
 CLASSES = ["cat", "dog"]
 
@@ -197,7 +197,7 @@ def test_tasks_without_labels_leave_the_batch_open(batch):
 
 
 def test_label_locations_outside_the_allowed_roots_are_refused(tmp_path):
-    from activeflow.sources import SourceError, check_within_roots
+    from activeflow.core.ingest.sources import SourceError, check_within_roots
 
     root = tmp_path / "exports"
     root.mkdir()
@@ -218,7 +218,7 @@ def test_label_locations_outside_the_allowed_roots_are_refused(tmp_path):
 
 
 def test_an_import_that_wrote_no_label_and_found_none_gives_no_retrain():
-    from activeflow.label_import import ImportReport, retrain_refusal
+    from activeflow.core.label.label_import import ImportReport, retrain_refusal
 
     nothing = ImportReport(batch_id="b1", file="empty.csv", imported=0, unlabelled=["x"])
     assert retrain_refusal(nothing) == "no labels in the file: not retrained"

@@ -17,22 +17,22 @@ import pytest
 from images import write_image
 from label_studio_server import LabelStudioServer, free_port
 
-from activeflow import label_studio as studio  # `label_studio` is the server fixture
-from activeflow.batches import export_batch
-from activeflow.ingest import ingest_images
-from activeflow.label_import import import_labels
-from activeflow.label_studio import LabelStudioError
-from activeflow.labelling import (
+from activeflow.core.ingest.ingest import ingest_images
+from activeflow.core.ingest.sources import iter_source
+from activeflow.core.label import label_studio as studio  # `label_studio` is the server fixture
+from activeflow.core.label.batches import export_batch
+from activeflow.core.label.label_import import import_labels
+from activeflow.core.label.label_studio import LabelStudioError
+from activeflow.core.label.labelling import (
     BatchItem,
     LabelFileError,
     label_studio_config,
     label_studio_tasks,
     parse_label_file,
 )
-from activeflow.pool import load_state
+from activeflow.core.storage.pool import load_state
+from activeflow.core.storage.store import LocalStore
 from activeflow.settings import LabelStudioSettings, load_settings
-from activeflow.sources import iter_source
-from activeflow.store import LocalStore
 
 CLASSES = ["cat", "dog"]
 FIXTURE = Path(__file__).parent / "fixtures" / "label_studio_export.json"

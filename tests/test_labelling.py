@@ -18,7 +18,7 @@ import xml.etree.ElementTree as ET
 
 import pytest
 
-from activeflow.labelling import (
+from activeflow.core.label.labelling import (
     BatchItem,
     Disagreement,
     LabelFileError,
@@ -713,7 +713,7 @@ def test_a_refused_file_yields_nothing_even_after_good_records():
 
 def test_module_imports_neither_prefect_nor_tensorflow():
     code = (
-        "import sys, activeflow.labelling; "
+        "import sys, activeflow.core.label.labelling; "
         "bad = [m for m in ('prefect', 'tensorflow', 'keras', 'boto3') if m in sys.modules]; "
         "print(bad); sys.exit(1 if bad else 0)"
     )

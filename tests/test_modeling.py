@@ -7,11 +7,11 @@ import keras
 import numpy as np
 import pytest
 
-from activeflow import modeling
-from activeflow.pool import current_champion, promotions
+from activeflow.core.score import modeling
+from activeflow.core.storage.pool import current_champion, promotions
+from activeflow.core.storage.store import LocalStore
+from activeflow.core.train.training import BaselineReport, ModelMetrics, pixel_baseline, promote_if_not_worse
 from activeflow.settings import AugmentSettings, ModelSettings
-from activeflow.store import LocalStore
-from activeflow.training import BaselineReport, ModelMetrics, pixel_baseline, promote_if_not_worse
 
 TINY = {"image_size": 8, "head_epochs": 1, "finetune_epochs": 1, "batch_size": 8, "min_steps": 0}
 
@@ -409,12 +409,12 @@ def test_fine_tuning_a_pretrained_backbone_keeps_its_batch_norm_statistics(tmp_p
 def test_the_gate_compares_with_the_champion_on_the_candidates_test_set(tmp_path):
     """A test set that grew since the champion was promoted: the champion's recorded
     accuracy is of the old set, so it is re-evaluated on the new one before comparing."""
-    from activeflow import training
+    from activeflow.core.ingest.ingest import ingest_images
+    from activeflow.core.ingest.sources import iter_source
+    from activeflow.core.storage.pool import load_state
+    from activeflow.core.train import training
     from activeflow.evaluation.demo_data import write_digits
-    from activeflow.ingest import ingest_images
-    from activeflow.pool import load_state
     from activeflow.settings import load_settings
-    from activeflow.sources import iter_source
 
     digits = write_digits(tmp_path / "digits", arrivals=2, test_size=80)
     store = LocalStore(tmp_path / "store")

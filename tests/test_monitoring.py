@@ -10,12 +10,11 @@ import threading
 import pyarrow as pa
 import pytest
 
-from activeflow import label_drops, monitoring
-from activeflow.catalog import Catalog
-from activeflow.label_import import ImportReport
-from activeflow.labelling import LabelFileError
-from activeflow.parameters import ExportOptions, RetrainOptions
-from activeflow.pool import (
+from activeflow.core.label import label_drops
+from activeflow.core.label.label_import import ImportReport
+from activeflow.core.label.labelling import LabelFileError
+from activeflow.core.storage.catalog import Catalog
+from activeflow.core.storage.pool import (
     BatchItemRecord,
     BatchManifest,
     IngestRecord,
@@ -26,12 +25,15 @@ from activeflow.pool import (
     metrics_key,
     promotion_key,
 )
+from activeflow.core.storage.store import LocalStore, open_store, put_json
+from activeflow.core.train import monitoring
+from activeflow.parameters import ExportOptions, RetrainOptions
 from activeflow.settings import SettingsError, load_settings
-from activeflow.store import LocalStore, open_store, put_json
 
 
 def test_new_core_modules_import_without_prefect():
-    modules = ["catalog", "migrate", "label_drops", "monitoring", "parameters"]
+    modules = ["core.storage.catalog", "core.storage.migrate", "core.label.label_drops",
+               "core.train.monitoring", "parameters"]
     code = "import sys\n" + "".join(f"import activeflow.{m}\n" for m in modules) + (
         "assert 'prefect' not in sys.modules\nassert 'tensorflow' not in sys.modules\n"
     )
@@ -134,8 +136,8 @@ def test_an_empty_run_says_why(tmp_path):
 
 
 def test_import_summary_counts_accepted_refused_and_waiting():
-    from activeflow.label_import import LabelConflict
-    from activeflow.labelling import Disagreement
+    from activeflow.core.label.label_import import LabelConflict
+    from activeflow.core.label.labelling import Disagreement
 
     report = ImportReport(
         batch_id="b1", file="x.json", imported=3, already_imported=2,
@@ -196,8 +198,8 @@ def test_png_data_uri_round_trips():
 
 
 def test_training_summary_names_model_accuracy_and_decision():
-    from activeflow.modeling import PhaseReport, TrainingHistory
-    from activeflow.training import BaselineReport, ModelMetrics, PromotionDecision
+    from activeflow.core.score.modeling import PhaseReport, TrainingHistory
+    from activeflow.core.train.training import BaselineReport, ModelMetrics, PromotionDecision
 
     history = TrainingHistory(
         head_loss=[1.0, 0.5], finetune_loss=[],

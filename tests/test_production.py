@@ -15,14 +15,14 @@ from pathlib import Path
 import pytest
 from prefect_server import BIN, PrefectServer, spawn, start_prefect_server, wait_for
 
-from activeflow.batches import export_batch
+from activeflow.core.ingest.ingest import ingest_images
+from activeflow.core.ingest.sources import iter_source
+from activeflow.core.label.batches import export_batch
+from activeflow.core.storage.pool import current_champion, load_state
+from activeflow.core.storage.store import LocalStore, open_store
 from activeflow.evaluation.demo_data import DemoData, write_digits
-from activeflow.ingest import ingest_images
-from activeflow.pool import current_champion, load_state
-from activeflow.settings import Settings, load_settings
 from activeflow.evaluation.simulation import ground_truth
-from activeflow.sources import iter_source
-from activeflow.store import LocalStore, open_store
+from activeflow.settings import Settings, load_settings
 
 pytestmark = pytest.mark.slow
 

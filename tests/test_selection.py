@@ -12,11 +12,12 @@ import pyarrow.parquet as pq
 import pytest
 from images import write_image
 
-from activeflow import modeling, scoring, selection, strategies, training
-from activeflow.batches import export_batch
-from activeflow.evaluation.demo_data import write_digits
-from activeflow.ingest import ingest_images
-from activeflow.pool import (
+from activeflow.core.ingest.ingest import ingest_images
+from activeflow.core.ingest.sources import iter_source
+from activeflow.core.label.batches import export_batch
+from activeflow.core.score import modeling, scoring, selection, strategies
+from activeflow.core.score.scoring import ScoringError
+from activeflow.core.storage.pool import (
     BatchItemRecord,
     BatchManifest,
     ImportedLabel,
@@ -24,10 +25,10 @@ from activeflow.pool import (
     load_state,
     promotion_key,
 )
-from activeflow.scoring import ScoringError
+from activeflow.core.storage.store import LocalStore, put_json_if_absent
+from activeflow.core.train import training
+from activeflow.evaluation.demo_data import write_digits
 from activeflow.settings import ModelSettings, SelectorName, SettingsError, load_settings
-from activeflow.sources import iter_source
-from activeflow.store import LocalStore, put_json_if_absent
 
 TINY_MODEL = {"image_size": 8, "head_epochs": 1, "finetune_epochs": 0, "batch_size": 64, "min_steps": 60, "baseline_tolerance": 1.0}
 CLASSES = ["cat", "dog", "bird"]
@@ -393,7 +394,7 @@ def test_forward_pool_refuses_mc_dropout_without_dropout():
 
 
 def test_scoring_is_worth_it_only_with_a_champion_and_budget_left():
-    from activeflow.scoring import worth_scoring
+    from activeflow.core.score.scoring import worth_scoring
 
     assert worth_scoring({"champion": "m1", "budget_remaining": None})  # no total budget
     assert worth_scoring({"champion": "m1", "budget_remaining": 5})

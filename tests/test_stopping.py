@@ -9,8 +9,8 @@ import sys
 import numpy as np
 import pytest
 
-from activeflow import stopping
-from activeflow.store import LocalStore, put_json_if_absent
+from activeflow.core.storage.store import LocalStore, put_json_if_absent
+from activeflow.core.train import stopping
 
 
 def test_slope_is_in_points_per_100_labels():
@@ -110,7 +110,7 @@ def test_store_signal_with_one_model_is_too_early(tmp_path):
 
 def test_stopping_pure_part_imports_no_tensorflow_or_prefect():
     code = (
-        "import sys, activeflow.stopping; "
+        "import sys, activeflow.core.train.stopping; "
         "print('tensorflow' in sys.modules, 'prefect' in sys.modules)"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)

@@ -13,8 +13,7 @@ from pathlib import Path
 import pytest
 from s3_server import free_ports, s3_client
 
-from activeflow.settings import StorageSettings
-from activeflow.store import (
+from activeflow.core.storage.store import (
     LocalStore,
     ObjectNotFound,
     ObjectStore,
@@ -29,6 +28,7 @@ from activeflow.store import (
     put_jsonl,
     put_jsonl_if_absent,
 )
+from activeflow.settings import StorageSettings
 
 
 @pytest.fixture(params=["local", pytest.param("s3", marks=pytest.mark.s3)])
@@ -177,7 +177,7 @@ def test_unsynced_writes_are_read_back_and_sync_makes_them_durable(store: Object
 def test_an_unsynced_write_that_fails_midway_leaves_nothing_at_its_key(tmp_path, monkeypatch) -> None:
     """An unsynced local write goes straight to its key (no temp file to link): one that
     fails after some bytes must remove what it wrote, so no reader finds a partial object."""
-    from activeflow import store as store_module
+    from activeflow.core.storage import store as store_module
 
     store = LocalStore(tmp_path / "store")
 
@@ -274,12 +274,12 @@ def test_list_never_shows_temp_files(store: ObjectStore) -> None:
 def test_a_write_killed_midway_leaves_nothing_that_the_next_ingest_does_not_remove(tmp_path: Path) -> None:
     """kill -9 between writing a temp file and renaming it leaves the temp behind; writes in
     flight are recent, so only temps older than ``max_age_s`` are removed."""
-    from activeflow.ingest import ingest_images
+    from activeflow.core.ingest.ingest import ingest_images
 
     store = LocalStore(tmp_path / "store")
     script = (
         "import os, sys\n"
-        "from activeflow import store as s\n"
+        "from activeflow.core.storage import store as s\n"
         "real = os.replace\n"
         "def crash(*a): os.kill(os.getpid(), 9)\n"
         "os.replace = crash\n"
@@ -675,7 +675,7 @@ def test_open_store_dispatches_on_the_uri(tmp_path: Path, monkeypatch: pytest.Mo
 
 def test_the_store_module_imports_neither_prefect_nor_tensorflow() -> None:
     code = (
-        "import sys, activeflow.store; "
+        "import sys, activeflow.core.storage.store; "
         "print(sorted(m for m in ('prefect', 'tensorflow', 'keras') if m in sys.modules))"
     )
     result = subprocess.run(

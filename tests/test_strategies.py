@@ -1,4 +1,4 @@
-"""Tests for activeflow.strategies: hand-computed scores, refused inputs, top-k selection."""
+"""Tests for activeflow.core.score.strategies: hand-computed scores, refused inputs, top-k selection."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ from typing import get_args
 import numpy as np
 import pytest
 
-from activeflow import strategies
-from activeflow.strategies import (
+from activeflow.core.score import strategies
+from activeflow.core.score.strategies import (
     CRITERIA,
     SCORERS,
     StrategyName,
@@ -350,7 +350,7 @@ def test_select_top_matches_brute_force(seed):
 
 def test_import_pulls_in_no_tensorflow_or_prefect():
     code = (
-        "import sys, activeflow.strategies; "
+        "import sys, activeflow.core.score.strategies; "
         "bad = [m for m in ('prefect', 'tensorflow') if m in sys.modules]; "
         "print(bad); sys.exit(1 if bad else 0)"
     )

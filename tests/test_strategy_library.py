@@ -1,4 +1,4 @@
-"""Tests for the strategy library in activeflow.strategies: ratio, BALD, core-set, BADGE,
+"""Tests for the strategy library in activeflow.core.score.strategies: ratio, BALD, core-set, BADGE,
 margin-diverse and class-balanced selection behind one ``select`` interface.
 
 Hand-built cases where the right pick is known, brute-force references for the greedy and
@@ -13,8 +13,8 @@ from typing import get_args
 import numpy as np
 import pytest
 
-from activeflow import strategies
-from activeflow.strategies import (
+from activeflow.core.score import strategies
+from activeflow.core.score.strategies import (
     BATCH_AWARE,
     REQUIREMENTS,
     SCORE_BASED,

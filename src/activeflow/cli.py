@@ -15,6 +15,7 @@ from typing import Any
 
 from activeflow.settings import Settings, SettingsError, load_settings
 
+
 # Errors a person can act on: printed as one line, exit code 2, no traceback.
 class UsageError(ValueError):
     """Options that contradict each other; the message says which and why."""
@@ -301,14 +302,14 @@ def _over_budget_warning(result: Any) -> str | None:
 
 
 def _core_errors() -> tuple[type[Exception], ...]:
+    from activeflow.core.ingest.sources import SourceError
+    from activeflow.core.label.label_studio import LabelStudioError
+    from activeflow.core.label.labelling import LabelFileError
+    from activeflow.core.score.scoring import ScoringError
+    from activeflow.core.storage.catalog import CatalogConflict
+    from activeflow.core.storage.store import ObjectNotFound, StoreError
+    from activeflow.core.train.training import TrainingError
     from activeflow.evaluation.label_efficiency import BenchmarkError
-    from activeflow.label_studio import LabelStudioError
-    from activeflow.labelling import LabelFileError
-    from activeflow.catalog import CatalogConflict
-    from activeflow.scoring import ScoringError
-    from activeflow.sources import SourceError
-    from activeflow.store import ObjectNotFound, StoreError
-    from activeflow.training import TrainingError
 
     return (
         LabelFileError, LabelStudioError, ScoringError, SourceError, StoreError, ObjectNotFound,
@@ -320,16 +321,16 @@ def _core_errors() -> tuple[type[Exception], ...]:
 def _run(args: argparse.Namespace, settings: Settings) -> Any:
     command = args.command
     if command == "status":  # reads the store only: no Prefect run needed
-        from activeflow.pool import load_state
-        from activeflow.store import LocalStore, StoreError, open_store
+        from activeflow.core.storage.pool import load_state
+        from activeflow.core.storage.store import LocalStore, StoreError, open_store
 
         store = open_store(settings.storage)
         if isinstance(store, LocalStore) and not store.root.is_dir():
             raise StoreError(f"no store at {store.root}: nothing was ingested there (check --store or storage.uri)")
         return load_state(store).summary(settings.budget.total)
     if command == "migrate":  # reads and writes the store only: no Prefect run needed
-        from activeflow.migrate import migrate
-        from activeflow.store import open_store
+        from activeflow.core.storage.migrate import migrate
+        from activeflow.core.storage.store import open_store
 
         return migrate(open_store(settings.storage))
     if command == "ingest":

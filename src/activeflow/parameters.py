@@ -11,8 +11,8 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from activeflow.core.score.strategies import SelectorName
 from activeflow.settings import Settings
-from activeflow.strategies import SelectorName
 
 
 class ExportOptions(BaseModel):

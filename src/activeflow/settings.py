@@ -29,7 +29,7 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
-from activeflow.strategies import SelectorName, StrategyName  # noqa: F401 (re-exported)
+from activeflow.core.score.strategies import SelectorName, StrategyName  # noqa: F401 (re-exported)
 
 BackboneName = Literal["small_cnn", "mobilenet_v2", "inception_v3"]
 

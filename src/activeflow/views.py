@@ -7,10 +7,10 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:  # annotations only: printing must not import what the command did not
-    from activeflow.batches import ExportResult
-    from activeflow.ingest import IngestReport
-    from activeflow.label_import import ImportReport
-    from activeflow.migrate import MigrationReport
+    from activeflow.core.ingest.ingest import IngestReport
+    from activeflow.core.label.batches import ExportResult
+    from activeflow.core.label.label_import import ImportReport
+    from activeflow.core.storage.migrate import MigrationReport
 
 _SHOWN = 5  # items of a list shown before "and N more"
 

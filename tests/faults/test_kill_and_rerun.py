@@ -20,14 +20,14 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from activeflow.batches import export_batch
-from activeflow.ingest import ingest_images
-from activeflow.maintenance import remove_orphans
-from activeflow.pool import load_state, metrics_key, model_key, promotions, sample_key
-from activeflow.scoring import model_scores
+from activeflow.core.ingest.ingest import ingest_images
+from activeflow.core.ingest.sources import iter_source
+from activeflow.core.label.batches import export_batch
+from activeflow.core.score.scoring import model_scores
+from activeflow.core.storage.maintenance import remove_orphans
+from activeflow.core.storage.pool import load_state, metrics_key, model_key, promotions, sample_key
+from activeflow.core.storage.store import LocalStore
 from activeflow.settings import load_settings
-from activeflow.sources import iter_source
-from activeflow.store import LocalStore
 
 TRIALS = 20
 FAULT_SEED = 20261128
@@ -247,7 +247,7 @@ def test_score_killed_anywhere_then_rerun(zygote, tmp_path):
 def test_leftovers_are_kept_while_they_could_be_writes_in_flight(tmp_path):
     from datetime import UTC, datetime, timedelta
 
-    from activeflow.pool import new_id
+    from activeflow.core.storage.pool import new_id
 
     store = LocalStore(tmp_path / "store")
     batch, version, run = new_id("b"), new_id("m"), new_id("s")

@@ -13,14 +13,14 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from images import write_image
 
-from activeflow.batches import export_batch
-from activeflow.ingest import ingest_images
-from activeflow.label_import import import_labels
-from activeflow.labelling import LabelFileError, parse_label_file
-from activeflow.pool import load_state
+from activeflow.core.ingest.ingest import ingest_images
+from activeflow.core.ingest.sources import iter_source
+from activeflow.core.label.batches import export_batch
+from activeflow.core.label.label_import import import_labels
+from activeflow.core.label.labelling import LabelFileError, parse_label_file
+from activeflow.core.storage.pool import load_state
+from activeflow.core.storage.store import LocalStore
 from activeflow.settings import load_settings
-from activeflow.sources import iter_source
-from activeflow.store import LocalStore
 
 CLASSES = ["cat", "dog", "bird"]
 IDS = [f"{n:064x}" for n in range(1, 7)]

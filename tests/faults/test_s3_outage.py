@@ -12,11 +12,11 @@ import pytest
 from images import write_image
 from s3_server import DUMMY_CREDENTIALS, restart_seaweedfs, s3_client, start_seaweedfs
 
-from activeflow.ingest import ingest_images
-from activeflow.pool import load_state, sample_key
+from activeflow.core.ingest.ingest import ingest_images
+from activeflow.core.ingest.sources import iter_source
+from activeflow.core.storage.pool import load_state, sample_key
+from activeflow.core.storage.store import open_store
 from activeflow.settings import StorageSettings
-from activeflow.sources import iter_source
-from activeflow.store import open_store
 
 pytestmark = pytest.mark.s3
 

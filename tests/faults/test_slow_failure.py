@@ -11,8 +11,8 @@ import time
 import pytest
 from prefect import flow, task
 
+from activeflow.core.storage.store import StoreError, open_store
 from activeflow.settings import StorageSettings
-from activeflow.store import StoreError, open_store
 from activeflow.tasks.retry import STORE_RETRIES
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")

@@ -15,12 +15,14 @@ import sys
 import traceback
 from typing import Any
 
-from activeflow import batches, label_import, modeling, scoring, training  # noqa: F401 (preload)
-from activeflow.ingest import ingest_images
-from activeflow.pool import load_state
+from activeflow.core.ingest.ingest import ingest_images
+from activeflow.core.ingest.sources import iter_source
+from activeflow.core.label import batches, label_import  # noqa: F401 (preload)
+from activeflow.core.score import modeling, scoring
+from activeflow.core.storage.pool import load_state
+from activeflow.core.storage.store import open_store
+from activeflow.core.train import training
 from activeflow.settings import load_settings
-from activeflow.sources import iter_source
-from activeflow.store import open_store
 
 
 def run(request: dict[str, Any]) -> None:

@@ -37,14 +37,16 @@ from typing import get_args
 import numpy as np
 from pydantic import BaseModel, Field, model_validator
 
-from activeflow import batches, label_import, scoring, selection, stopping, training
+from activeflow.core.ingest.ingest import content_id, image_extension, ingest_images
+from activeflow.core.ingest.sources import SourceImage, iter_source
+from activeflow.core.label import batches, label_import
+from activeflow.core.score import scoring, selection
+from activeflow.core.storage.pool import current_champion, load_state
+from activeflow.core.storage.store import open_store
+from activeflow.core.train import stopping, training
+from activeflow.core.train.reporting import Series, line_chart_png
 from activeflow.evaluation import simulation
-from activeflow.ingest import content_id, image_extension, ingest_images
-from activeflow.pool import current_champion, load_state
-from activeflow.reporting import Series, line_chart_png
 from activeflow.settings import SelectorName, Settings
-from activeflow.sources import SourceImage, iter_source
-from activeflow.store import open_store
 
 BASELINE = "random"
 DEFAULT_STRATEGIES: tuple[str, ...] = tuple(
@@ -526,7 +528,7 @@ def summarise(records: Sequence[RoundRecord]) -> BenchmarkSummary:
 def _baseline_summary(random_records: Sequence[RoundRecord]) -> BaselineSummary | None:
     if any(r.baseline_accuracy is None for r in random_records):
         return None  # records of a version without the baseline
-    from activeflow.training import PIXEL_BASELINE
+    from activeflow.core.train.training import PIXEL_BASELINE
 
     curve = _curve(random_records, "baseline_accuracy")
     runs = runs_by_seed(random_records)

@@ -8,9 +8,9 @@ import io
 from collections.abc import Mapping
 from pathlib import Path
 
-from activeflow.ingest import content_id
-from activeflow.pool import BatchManifest
-from activeflow.sources import iter_source
+from activeflow.core.ingest.ingest import content_id
+from activeflow.core.ingest.sources import iter_source
+from activeflow.core.storage.pool import BatchManifest
 
 
 def ground_truth(labelled_folder: Path | str) -> dict[str, str]:

@@ -4,18 +4,18 @@ from prefect import flow, tags
 from prefect.task_runners import ThreadPoolTaskRunner
 from pydantic import BaseModel
 
-from activeflow.batches import ExportResult
+from activeflow.core.label.batches import ExportResult
+from activeflow.core.score.selection import PoolAccuracyEstimate
+from activeflow.core.train.stopping import StoppingSignal
+from activeflow.core.train.training import PromotionDecision
 from activeflow.flows.retrain import retrain_model
 from activeflow.flows.score import SCORING_WORKERS, score_if_worth_it
 from activeflow.settings import Settings, load_settings
 from activeflow.tasks.batches import export_batch, report_batch
-from activeflow.selection import PoolAccuracyEstimate
-from activeflow.stopping import StoppingSignal
 from activeflow.tasks.labels import import_label_bytes
 from activeflow.tasks.signals import pool_estimate, stopping_signal
 from activeflow.tasks.simulation import load_ground_truth, oracle_answers
 from activeflow.tasks.status import pool_status
-from activeflow.training import PromotionDecision
 
 
 class RoundResult(BaseModel):

@@ -7,16 +7,15 @@ from prefect import flow
 from prefect.task_runners import ThreadPoolTaskRunner
 from pydantic import BaseModel
 
+from activeflow.core.train.reporting import CurvePoint, round_table
+from activeflow.core.train.training import PromotionDecision
 from activeflow.flows.cycle import run_round
 from activeflow.flows.retrain import retrain_model
 from activeflow.flows.score import SCORING_WORKERS
-from activeflow.reporting import CurvePoint, round_table
 from activeflow.settings import SelectorName, Settings
-from activeflow.tasks.ingest import ingest_source
 from activeflow.tasks.demo import write_demo_data, write_demo_report
+from activeflow.tasks.ingest import ingest_source
 from activeflow.tasks.simulation import load_ground_truth
-from activeflow.training import PromotionDecision
-
 
 # Each round's result as it completes; the CLI shows this logger on the terminal.
 progress = logging.getLogger("activeflow.progress")

@@ -2,8 +2,8 @@ from __future__ import annotations
 
 from prefect import flow, tags
 
-from activeflow import label_studio
-from activeflow.batches import ExportResult
+from activeflow.core.label import label_studio
+from activeflow.core.label.batches import ExportResult
 from activeflow.settings import Settings, load_settings
 from activeflow.tasks.batches import export_batch, open_batches, report_batch
 from activeflow.tasks.label_studio import push_batch

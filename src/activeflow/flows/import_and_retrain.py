@@ -3,12 +3,12 @@
 from prefect import flow, tags
 from pydantic import BaseModel
 
+from activeflow.core.label.label_import import ImportReport, retrain_refusal
+from activeflow.core.train.training import PromotionDecision
 from activeflow.flows.retrain import retrain_model
-from activeflow.label_import import ImportReport, retrain_refusal
 from activeflow.parameters import RetrainOptions
 from activeflow.settings import load_settings
 from activeflow.tasks.labels import import_label_file
-from activeflow.training import PromotionDecision
 
 
 class ImportAndRetrainResult(BaseModel):

@@ -2,9 +2,9 @@ from __future__ import annotations
 
 from prefect import flow, tags
 
-from activeflow.label_import import ImportReport
+from activeflow.core.label import label_studio
+from activeflow.core.label.label_import import ImportReport
 from activeflow.settings import Settings, load_settings
-from activeflow import label_studio
 from activeflow.tasks.label_studio import pull_batch
 from activeflow.tasks.labels import import_label_bytes, import_label_file
 

@@ -2,8 +2,8 @@ from __future__ import annotations
 
 from prefect import flow
 
-from activeflow.ingest import IngestReport
-from activeflow.pool import Split
+from activeflow.core.ingest.ingest import IngestReport
+from activeflow.core.storage.pool import Split
 from activeflow.settings import Settings, load_settings
 from activeflow.tasks.ingest import ingest_source
 

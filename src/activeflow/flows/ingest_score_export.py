@@ -4,7 +4,7 @@ from prefect import flow
 from prefect.runtime import flow_run
 from prefect.task_runners import ThreadPoolTaskRunner
 
-from activeflow.batches import ExportResult
+from activeflow.core.label.batches import ExportResult
 from activeflow.flows.export_batch import export_and_publish
 from activeflow.flows.score import SCORING_WORKERS, score_if_worth_it
 from activeflow.parameters import ExportOptions

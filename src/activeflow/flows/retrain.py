@@ -2,9 +2,9 @@ from __future__ import annotations
 
 from prefect import flow, tags
 
+from activeflow.core.train.training import PromotionDecision
 from activeflow.settings import Settings, load_settings
 from activeflow.tasks.training import promote_if_not_worse, report_training, train_candidate
-from activeflow.training import PromotionDecision
 
 
 def retrain_model(settings: Settings) -> PromotionDecision:

@@ -8,7 +8,7 @@ from prefect.artifacts import create_progress_artifact, update_progress_artifact
 from prefect.futures import as_completed
 from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
 
-from activeflow.scoring import ScoringPlan, worth_scoring
+from activeflow.core.score.scoring import ScoringPlan, worth_scoring
 from activeflow.settings import ScheduleSettings, Settings, load_settings
 from activeflow.tasks.scoring import commit_scores, plan_scoring, score_shard
 

@@ -2,7 +2,7 @@
 # process, where string annotations could not be resolved to the parameter models.
 from prefect import flow
 
-from activeflow.label_drops import DropScan
+from activeflow.core.label.label_drops import DropScan
 from activeflow.settings import load_settings
 from activeflow.tasks.watch import announce_labels, report_label_drops, scan_label_drops
 

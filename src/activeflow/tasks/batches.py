@@ -5,12 +5,14 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.runtime import task_run
 
-from activeflow import batches, monitoring
-from activeflow.pool import load_state
-from activeflow.scoring import model_scores
+from activeflow.core.label import batches
+from activeflow.core.score.scoring import model_scores
+from activeflow.core.storage.pool import load_state
+from activeflow.core.storage.store import open_store
+from activeflow.core.train import monitoring
 from activeflow.settings import Settings
-from activeflow.store import open_store
 from activeflow.tasks.retry import STORE_RETRIES
+
 
 @task(
     name="export-batch",

@@ -5,9 +5,9 @@ from pathlib import Path
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
+from activeflow.core.train.reporting import CurvePoint, write_report
 from activeflow.evaluation import prepare_output_folder
 from activeflow.evaluation.demo_data import DemoData, write_digits
-from activeflow.reporting import CurvePoint, write_report
 
 
 @task(name="write-demo-data", cache_policy=NO_CACHE)

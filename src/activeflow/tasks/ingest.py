@@ -3,11 +3,11 @@ from __future__ import annotations
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-from activeflow.ingest import IngestReport, ingest_images
-from activeflow.pool import Split
+from activeflow.core.ingest.ingest import IngestReport, ingest_images
+from activeflow.core.ingest.sources import iter_source
+from activeflow.core.storage.pool import Split
+from activeflow.core.storage.store import open_store
 from activeflow.settings import Settings
-from activeflow.sources import iter_source
-from activeflow.store import open_store
 from activeflow.tasks.retry import STORE_RETRIES
 
 

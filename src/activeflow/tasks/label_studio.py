@@ -3,10 +3,10 @@ from __future__ import annotations
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-from activeflow import label_studio
-from activeflow.batches import LABEL_STUDIO_FILE
+from activeflow.core.label import label_studio
+from activeflow.core.label.batches import LABEL_STUDIO_FILE
+from activeflow.core.storage.store import open_store
 from activeflow.settings import Settings, required_classes
-from activeflow.store import open_store
 
 
 @task(name="push-to-label-studio", task_run_name="push {batch_id} to Label Studio", cache_policy=NO_CACHE)

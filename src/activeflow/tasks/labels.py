@@ -4,13 +4,13 @@ from prefect import task
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 
-from activeflow import monitoring
-from activeflow.label_import import ImportReport, check_announced, import_labels
-from activeflow.labelling import LabelFileError
-from activeflow.pool import load_state
+from activeflow.core.ingest.sources import SourceError, check_within_roots, read_location
+from activeflow.core.label.label_import import ImportReport, check_announced, import_labels
+from activeflow.core.label.labelling import LabelFileError
+from activeflow.core.storage.pool import load_state
+from activeflow.core.storage.store import open_store
+from activeflow.core.train import monitoring
 from activeflow.settings import Settings
-from activeflow.sources import SourceError, check_within_roots, read_location
-from activeflow.store import open_store
 from activeflow.tasks.retry import STORE_RETRIES
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from activeflow.store import StoreError
+from activeflow.core.storage.store import StoreError
 
 
 def store_error_retry(task: Any, task_run: Any, state: Any) -> bool:

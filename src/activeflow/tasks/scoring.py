@@ -3,10 +3,10 @@ from __future__ import annotations
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-from activeflow import scoring
-from activeflow.pool import load_state
+from activeflow.core.score import scoring
+from activeflow.core.storage.pool import load_state
+from activeflow.core.storage.store import open_store
 from activeflow.settings import Settings
-from activeflow.store import open_store
 from activeflow.tasks.retry import STORE_RETRIES
 
 

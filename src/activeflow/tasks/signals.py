@@ -6,10 +6,11 @@ from __future__ import annotations
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-from activeflow import selection, stopping
-from activeflow.pool import load_state
+from activeflow.core.score import selection
+from activeflow.core.storage.pool import load_state
+from activeflow.core.storage.store import open_store
+from activeflow.core.train import stopping
 from activeflow.settings import Settings
-from activeflow.store import open_store
 
 
 @task(name="pool-estimate", task_run_name="pool estimate from {batch_id}", cache_policy=NO_CACHE)

@@ -3,10 +3,10 @@ from __future__ import annotations
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
+from activeflow.core.storage.pool import load_state
+from activeflow.core.storage.store import open_store
 from activeflow.evaluation import simulation
-from activeflow.pool import load_state
 from activeflow.settings import Settings
-from activeflow.store import open_store
 
 
 @task(name="load-ground-truth", task_run_name="ground truth from {folder}", cache_policy=NO_CACHE)

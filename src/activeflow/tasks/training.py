@@ -4,11 +4,11 @@ from prefect import task
 from prefect.artifacts import create_image_artifact, create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
 
-from activeflow import monitoring, training
-from activeflow.pool import load_state
-from activeflow.reporting import learning_curve_png
+from activeflow.core.storage.pool import load_state
+from activeflow.core.storage.store import open_store
+from activeflow.core.train import monitoring, training
+from activeflow.core.train.reporting import learning_curve_png
 from activeflow.settings import Settings
-from activeflow.store import open_store
 from activeflow.tasks.retry import STORE_RETRIES
 
 

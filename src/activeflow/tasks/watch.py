@@ -6,9 +6,10 @@ from prefect.cache_policies import NO_CACHE
 from prefect.events import emit_event
 from prefect.runtime import flow_run
 
-from activeflow import label_drops, monitoring
+from activeflow.core.label import label_drops
+from activeflow.core.storage.store import open_store
+from activeflow.core.train import monitoring
 from activeflow.settings import Settings
-from activeflow.store import open_store
 from activeflow.tasks.retry import STORE_RETRIES
 
 # What import-and-retrain's trigger listens for; a labelling tool's hook may emit it too:

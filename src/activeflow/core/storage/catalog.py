@@ -36,7 +36,7 @@ import pyarrow as pa
 from deltalake import CommitProperties, DeltaTable, QueryBuilder, Transaction, write_deltalake
 from deltalake.exceptions import CommitFailedError, DeltaError, TableNotFoundError
 
-from activeflow.store import ObjectStore, StoreError
+from activeflow.core.storage.store import ObjectStore, StoreError
 
 CATALOG_PREFIX = "catalog/"
 

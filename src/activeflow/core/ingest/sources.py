@@ -14,8 +14,8 @@ from collections.abc import Callable, Iterator
 from pathlib import Path, PurePosixPath
 from typing import Any
 
+from activeflow.core.storage.store import open_store
 from activeflow.settings import StorageSettings
-from activeflow.store import open_store
 
 
 class SourceImage:

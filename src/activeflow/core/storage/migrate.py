@@ -13,8 +13,8 @@ from __future__ import annotations
 import pyarrow as pa
 from pydantic import BaseModel
 
-from activeflow.catalog import Catalog
-from activeflow.pool import (
+from activeflow.core.storage.catalog import Catalog
+from activeflow.core.storage.pool import (
     LEGACY_INGESTS,
     BatchManifest,
     BatchRelease,
@@ -22,7 +22,7 @@ from activeflow.pool import (
     IngestRecord,
     manifest_rows,
 )
-from activeflow.store import ObjectStore, StoreError, get_json, get_jsonl
+from activeflow.core.storage.store import ObjectStore, StoreError, get_json, get_jsonl
 
 
 class MigrationReport(BaseModel):

@@ -14,9 +14,11 @@ import numpy as np
 import pyarrow as pa
 from pydantic import BaseModel
 
-from activeflow import labelling, selection, strategies
-from activeflow.catalog import retry_on_conflict
-from activeflow.pool import (
+from activeflow.core.label import labelling
+from activeflow.core.score import selection, strategies
+from activeflow.core.score.scoring import ScoringError, has_scores, stored_columns
+from activeflow.core.storage.catalog import retry_on_conflict
+from activeflow.core.storage.pool import (
     BATCH_FILES,
     BatchItemRecord,
     BatchManifest,
@@ -28,9 +30,8 @@ from activeflow.pool import (
     new_id,
     utc_now,
 )
-from activeflow.scoring import ScoringError, has_scores, stored_columns
+from activeflow.core.storage.store import LocalStore, ObjectStore
 from activeflow.settings import Settings, SettingsError, required_classes
-from activeflow.store import LocalStore, ObjectStore
 
 LABEL_STUDIO_FILE = BATCH_FILES["label_studio"]
 CSV_FILE = BATCH_FILES["csv"]

@@ -22,8 +22,8 @@ from __future__ import annotations
 
 import io
 import threading
-from pathlib import PurePosixPath
 from collections.abc import Mapping, Sequence
+from pathlib import PurePosixPath
 
 import numpy as np
 import pyarrow as pa
@@ -31,10 +31,12 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from pydantic import BaseModel
 
-from activeflow import strategies  # modeling (TensorFlow, seconds to import) only where a model runs
-from activeflow.pool import PoolState, ids_not_in, load_state, model_key, new_id, sort_ids
+from activeflow.core.score import (
+    strategies,  # modeling (TensorFlow, seconds to import) only where a model runs
+)
+from activeflow.core.storage.pool import PoolState, ids_not_in, load_state, model_key, new_id, sort_ids
+from activeflow.core.storage.store import ObjectStore, get_json, put_json_if_absent
 from activeflow.settings import Settings
-from activeflow.store import ObjectStore, get_json, put_json_if_absent
 
 SCORE_SCHEMA = pa.schema(
     [("id", pa.string()), ("predicted", pa.string()), ("confidence", pa.float64())]
@@ -99,7 +101,7 @@ _MODELS_LOCK = threading.Lock()
 
 def _loaded_model(store: ObjectStore, version: str) -> tuple[object, threading.Lock]:
     """Load each model version once per process, however many shards it scores."""
-    from activeflow import modeling
+    from activeflow.core.score import modeling
 
     key = (store.uri, version)
     with _MODELS_LOCK:
@@ -121,7 +123,7 @@ def score_shard(
 
     Images are fetched and decoded by ``store.max_concurrency`` threads while the model
     works on the chunk before, so neither the store's latency nor decoding waits on it."""
-    from activeflow import modeling
+    from activeflow.core.score import modeling
 
     model, lock = _loaded_model(store, model_version)
     needs = strategies.REQUIREMENTS[settings.strategy.name]
@@ -225,7 +227,7 @@ def predict_classes(
     store: ObjectStore, settings: Settings, model_version: str, keys: Sequence[str]
 ) -> np.ndarray:
     """Predicted class indices [len(keys)] of the samples at ``keys`` under a model."""
-    from activeflow import modeling
+    from activeflow.core.score import modeling
 
     model, lock = _loaded_model(store, model_version)
     pixels = modeling.load_pixels(store, keys, settings.model.image_size)
@@ -238,7 +240,7 @@ def embed_samples(
     store: ObjectStore, settings: Settings, model_version: str, keys: Sequence[str]
 ) -> np.ndarray:
     """Penultimate-layer embeddings [len(keys), d] of the samples at ``keys`` under a model."""
-    from activeflow import modeling
+    from activeflow.core.score import modeling
 
     model, lock = _loaded_model(store, model_version)
     pixels = modeling.load_pixels(store, keys, settings.model.image_size)

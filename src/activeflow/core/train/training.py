@@ -11,7 +11,7 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 from pydantic import BaseModel
 
-from activeflow.pool import (
+from activeflow.core.storage.pool import (
     PoolState,
     Promotion,
     current_champion,
@@ -22,9 +22,9 @@ from activeflow.pool import (
     promotion_key,
     utc_now,
 )
+from activeflow.core.storage.store import ObjectStore, get_json, put_json_if_absent
+from activeflow.core.train.training_history import TrainingHistory
 from activeflow.settings import Settings, required_classes
-from activeflow.store import ObjectStore, get_json, put_json_if_absent
-from activeflow.training_history import TrainingHistory
 
 # modeling (TensorFlow, seconds to import) only in the functions that train: reading a
 # model's metrics must not pay for it.
@@ -86,7 +86,7 @@ def load_examples(
     image_size: int,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Pixels [n, size, size, 3] and class indices [n] for labelled sample ids."""
-    from activeflow import modeling
+    from activeflow.core.score import modeling
 
     index = {name: i for i, name in enumerate(classes)}
     unknown = sorted({label for label in labels.values() if label not in index})
@@ -100,7 +100,7 @@ def load_examples(
 
 def train_candidate(store: ObjectStore, state: PoolState, settings: Settings) -> ModelMetrics:
     """Train on all training labels, evaluate on the test set, store model and metrics."""
-    from activeflow import modeling
+    from activeflow.core.score import modeling
 
     classes = required_classes(settings)
     if not state.labelled:

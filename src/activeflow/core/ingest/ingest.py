@@ -26,11 +26,12 @@ from itertools import islice
 
 import pyarrow as pa
 import pyarrow.compute as pc
-
 from PIL import Image, UnidentifiedImageError
 from pydantic import BaseModel
 
-from activeflow.pool import (
+from activeflow.core.ingest.sources import SourceImage
+from activeflow.core.storage.catalog import Catalog
+from activeflow.core.storage.pool import (
     IngestRecord,
     QuarantineRecord,
     Split,
@@ -40,10 +41,8 @@ from activeflow.pool import (
     sample_key,
     utc_now,
 )
+from activeflow.core.storage.store import ObjectStore, parallel_map, put_json_if_absent
 from activeflow.settings import DEFAULT_MAX_PIXELS
-from activeflow.sources import SourceImage
-from activeflow.catalog import Catalog
-from activeflow.store import ObjectStore, parallel_map, put_json_if_absent
 
 _EXTENSIONS = {"PNG": "png", "JPEG": "jpg", "GIF": "gif", "BMP": "bmp", "WEBP": "webp", "TIFF": "tif"}
 

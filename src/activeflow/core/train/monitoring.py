@@ -14,18 +14,18 @@ from typing import TYPE_CHECKING
 import numpy as np
 from pydantic import BaseModel
 
-from activeflow.pool import BatchManifest, PoolState, promotions, trained_models
-from activeflow.reporting import CurvePoint
-from activeflow.store import ObjectStore
-from activeflow.strategies import CRITERIA
+from activeflow.core.score.strategies import CRITERIA
+from activeflow.core.storage.pool import BatchManifest, PoolState, promotions, trained_models
+from activeflow.core.storage.store import ObjectStore
+from activeflow.core.train.reporting import CurvePoint
 
 if TYPE_CHECKING:  # only annotations here
     import pyarrow as pa
 
-    from activeflow.label_drops import DropScan
-    from activeflow.label_import import ImportReport
-    from activeflow.training import ModelMetrics, PromotionDecision
-    from activeflow.training_history import TrainingHistory
+    from activeflow.core.label.label_drops import DropScan
+    from activeflow.core.label.label_import import ImportReport
+    from activeflow.core.train.training import ModelMetrics, PromotionDecision
+    from activeflow.core.train.training_history import TrainingHistory
 
 
 # Batches ------------------------------------------------------------------------------

@@ -29,9 +29,9 @@ from collections.abc import Callable, Sequence
 import numpy as np
 from pydantic import BaseModel
 
-from activeflow.pool import load_state, trained_models
+from activeflow.core.storage.pool import load_state, trained_models
+from activeflow.core.storage.store import ObjectStore
 from activeflow.settings import Settings
-from activeflow.store import ObjectStore
 
 AGREEMENT_THRESHOLD = 0.98
 SLOPE_THRESHOLD = 0.5  # accuracy points per 100 labels
@@ -174,7 +174,7 @@ def stopping_signal_for_store(
     window: int = SLOPE_WINDOW,
 ) -> StoppingSignal:
     """``store_stopping_signal`` with the store's own models predicting its own images."""
-    from activeflow import scoring  # TensorFlow: imported only when models are run
+    from activeflow.core.score import scoring  # TensorFlow: imported only when models are run
 
     state = load_state(store)
 

@@ -17,8 +17,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from pydantic import BaseModel, ConfigDict, Field
 
-from activeflow.catalog import BATCH_ITEMS, SAMPLES, Catalog
-from activeflow.store import ObjectStore, StoreError, get_json
+from activeflow.core.storage.catalog import BATCH_ITEMS, SAMPLES, Catalog
+from activeflow.core.storage.store import ObjectStore, StoreError, get_json
 
 Split = Literal["pool", "train", "test"]
 

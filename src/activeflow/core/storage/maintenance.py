@@ -11,8 +11,8 @@ from __future__ import annotations
 import re
 from datetime import UTC, datetime, timedelta
 
-from activeflow.pool import load_state
-from activeflow.store import ObjectStore
+from activeflow.core.storage.pool import load_state
+from activeflow.core.storage.store import ObjectStore
 
 _STAMP = re.compile(r"(\d{8}T\d{12}Z)")
 

@@ -22,8 +22,8 @@ from pathlib import PurePosixPath
 
 from pydantic import BaseModel
 
-from activeflow.pool import utc_now
-from activeflow.store import ObjectNotFound, ObjectStore, put_json_if_absent, validate_key
+from activeflow.core.storage.pool import utc_now
+from activeflow.core.storage.store import ObjectNotFound, ObjectStore, put_json_if_absent, validate_key
 
 DROP_EXTENSIONS = (".json", ".csv")
 CLAIMS_PREFIX = "watch/claims/"

@@ -3,7 +3,7 @@ annotations back.
 
 Plain Python over label-studio-sdk 2.x (no Prefect, no store access): functions take the
 ``LabelStudioSettings`` group and bytes, so callers decide where the bytes come from and
-go. The bytes are the formats of ``activeflow.labelling``: ``push_tasks`` imports the tasks
+go. The bytes are the formats of ``activeflow.core.label.labelling``: ``push_tasks`` imports the tasks
 JSON that ``label_studio_tasks`` writes, and ``pull_export`` returns a Label Studio JSON
 export (https://labelstud.io/guide/export#JSON) that ``parse_label_file`` reads.
 
@@ -29,7 +29,7 @@ from xml.etree import ElementTree
 
 import httpx
 
-from activeflow.labelling import CHOICES_TAG, IMAGE_TAG, label_studio_config
+from activeflow.core.label.labelling import CHOICES_TAG, IMAGE_TAG, label_studio_config
 from activeflow.settings import LabelStudioSettings
 
 if TYPE_CHECKING:  # the SDK takes about a second to import (pandas); see client()

@@ -18,11 +18,11 @@ from pathlib import PurePosixPath
 import pyarrow as pa
 from pydantic import BaseModel
 
-from activeflow.catalog import retry_on_conflict
-from activeflow.labelling import Disagreement, LabelFileError, LabelRecord, parse_label_file
-from activeflow.pool import ImportedLabel, PoolState, load_state, utc_now
+from activeflow.core.label.labelling import Disagreement, LabelFileError, LabelRecord, parse_label_file
+from activeflow.core.storage.catalog import retry_on_conflict
+from activeflow.core.storage.pool import ImportedLabel, PoolState, load_state, utc_now
+from activeflow.core.storage.store import ObjectStore
 from activeflow.settings import Settings
-from activeflow.store import ObjectStore
 
 
 class LabelConflict(BaseModel):

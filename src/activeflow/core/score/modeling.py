@@ -29,9 +29,9 @@ import numpy as np
 from PIL import Image
 from pydantic import BaseModel
 
+from activeflow.core.storage.store import ObjectStore, iter_many
+from activeflow.core.train.training_history import PhaseReport, TrainingHistory
 from activeflow.settings import AugmentSettings, ModelSettings
-from activeflow.store import ObjectStore, iter_many
-from activeflow.training_history import PhaseReport, TrainingHistory
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # keep TensorFlow's C++ chatter out of logs
 # With a GPU, TensorFlow takes all its memory by default; Dask workers sharing one GPU (and
@@ -39,6 +39,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # keep TensorFlow's C++ chat
 os.environ.setdefault("TF_FORCE_GPU_ALLOW_GROWTH", "true")
 
 import keras  # noqa: E402  (after the log level is set)
+
 # Where Keras draws unseeded layers' seeds (Python's global ``random``); see _seeded_keras.
 from keras.src.random import seed_generator as _keras_seed_source  # noqa: E402
 

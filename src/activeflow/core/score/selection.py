@@ -22,10 +22,11 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from pydantic import BaseModel
 
-from activeflow import scoring, strategies, training
-from activeflow.pool import BatchItemRecord, BatchManifest, ImportedLabel, PoolState
+from activeflow.core.score import scoring, strategies
+from activeflow.core.storage.pool import BatchItemRecord, BatchManifest, ImportedLabel, PoolState
+from activeflow.core.storage.store import ObjectNotFound, ObjectStore
+from activeflow.core.train import training
 from activeflow.settings import Settings
-from activeflow.store import ObjectNotFound, ObjectStore
 
 # Strategies whose own per-sample score is shown as a batch item's score; the others (random
 # and the batch-aware ones, which choose by position in the batch) show the margin score.
