@@ -3,8 +3,10 @@
 A scoring run writes ``scores/<model-version>/<run>/part-NNNNN.parquet``, one per
 shard, and then ``_SUCCESS.json``; only runs with that marker are read, so a run that
 died half-way is simply ignored. A shard's images are fetched and decoded by
-``storage.max_concurrency`` threads, a chunk ahead of the model (``modeling.decoded_chunks``),
-so memory per shard is a chunk of pixels and the shard's outputs.
+``storage.max_concurrency`` threads, that many images ahead of the model
+(``modeling.decoded_chunks``), so memory per shard is a chunk of pixels and the shard's
+outputs; a flow's shards run on ``schedule.max_workers`` threads, so one shard's reads go
+on while another's forward pass holds the model.
 Runs are incremental: a run scores only the unlabelled samples its model has not scored
 in an earlier complete run (that stored what the strategy needs), and the model's scores
 are the union of its runs. A new champion starts from nothing, so it scores everything.
@@ -121,8 +123,9 @@ def score_shard(
 ) -> int:
     """Score one shard of sample keys and write its parquet part; returns how many.
 
-    Images are fetched and decoded by ``store.max_concurrency`` threads while the model
-    works on the chunk before, so neither the store's latency nor decoding waits on it."""
+    Images are fetched and decoded by ``store.max_concurrency`` threads, which keep that many
+    reads in flight while the model works on a chunk; the forward passes of concurrent
+    shards take turns on the model, their reads do not."""
     from activeflow.core.score import modeling
 
     model, lock = _loaded_model(store, model_version)
