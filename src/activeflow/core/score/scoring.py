@@ -24,7 +24,8 @@ from __future__ import annotations
 
 import io
 import threading
-from collections.abc import Mapping, Sequence
+from typing import Any
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import PurePosixPath
 
 import numpy as np
@@ -232,11 +233,10 @@ def predict_classes(
     """Predicted class indices [len(keys)] of the samples at ``keys`` under a model."""
     from activeflow.core.score import modeling
 
-    model, lock = _loaded_model(store, model_version)
-    pixels = modeling.load_pixels(store, keys, settings.model.image_size)
-    with lock:
-        probs = modeling.predict_proba(model, pixels, settings.model.batch_size)
-    return probs.argmax(axis=1)
+    def classes(model: Any, pixels: np.ndarray) -> np.ndarray:
+        return modeling.predict_proba(model, pixels, settings.model.batch_size).argmax(axis=1)
+
+    return _under_model(store, settings, model_version, keys, classes)
 
 
 def embed_samples(
@@ -245,11 +245,26 @@ def embed_samples(
     """Penultimate-layer embeddings [len(keys), d] of the samples at ``keys`` under a model."""
     from activeflow.core.score import modeling
 
+    def embeddings(model: Any, pixels: np.ndarray) -> np.ndarray:
+        return modeling.forward_pool(model, pixels, settings.model.batch_size, embeddings=True).embeddings
+
+    return _under_model(store, settings, model_version, keys, embeddings)
+
+
+def _under_model(
+    store: ObjectStore,
+    settings: Settings,
+    model_version: str,
+    keys: Sequence[str],
+    forward: Callable[[Any, np.ndarray], np.ndarray],
+) -> np.ndarray:
+    """``forward(model, pixels)`` of the samples at ``keys``, one pass at a time per model."""
+    from activeflow.core.score import modeling
+
     model, lock = _loaded_model(store, model_version)
     pixels = modeling.load_pixels(store, keys, settings.model.image_size)
     with lock:
-        out = modeling.forward_pool(model, pixels, settings.model.batch_size, embeddings=True)
-    return out.embeddings
+        return forward(model, pixels)
 
 
 def worth_scoring(status: Mapping[str, object]) -> bool:
