@@ -24,9 +24,9 @@ from __future__ import annotations
 
 import io
 import threading
-from typing import Any
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import PurePosixPath
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
