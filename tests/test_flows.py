@@ -138,7 +138,8 @@ def test_the_demo_flow_runs_each_strategy_and_writes_its_report(tmp_path):
 
     settings = load_settings(model=TINY_MODEL, budget={"per_run": 10})
     out = tmp_path / "demo"
-    result = demo_flow(settings, out=str(out), rounds=1)
+    state = demo_flow(settings, out=str(out), rounds=1, return_state=True)
+    result = state.result()
 
     assert [(p.strategy, p.round, p.labels) for p in result.points] == [
         ("margin", 0, 20), ("margin", 1, 30), ("random", 0, 20), ("random", 1, 30)]
@@ -146,3 +147,24 @@ def test_the_demo_flow_runs_each_strategy_and_writes_its_report(tmp_path):
     assert all(Path(path).is_file() for path in result.files.values())
     assert (out / ".activeflow-demo").is_file()
     assert result.table.splitlines()[0].split()[:3] == ["round", "margin", "labels"]
+    # The strategies run in threads of their own; their tasks still belong to the demo's run.
+    assert _task_run_names(state.state_details.flow_run_id).count("train a small_cnn on every label") == 4
+
+
+def test_the_demo_trains_at_the_digits_own_size_unless_image_size_is_set():
+    from activeflow.evaluation.demo_data import at_digit_size
+
+    defaults = load_settings()
+    assert at_digit_size(defaults).model.image_size == 8
+    assert at_digit_size(defaults).model.model_dump(exclude={"image_size"}) == defaults.model.model_dump(
+        exclude={"image_size"})
+    assert at_digit_size(load_settings(model={"image_size": 32})).model.image_size == 32
+
+
+def _task_run_names(flow_run_id) -> list[str]:
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+
+    with get_client(sync_client=True) as client:
+        runs = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])))
+    return [run.name for run in runs]

@@ -385,18 +385,27 @@ def _run(args: argparse.Namespace, settings: Settings) -> Any:
 
 
 def _demo(args: argparse.Namespace, settings: Settings) -> Any:
-    from activeflow.evaluation.demo_data import demo_settings
+    from activeflow.evaluation.demo_data import at_digit_size, demo_settings
     from activeflow.flows.demo import demo_flow
     from activeflow.flows.score import shard_runner
 
+    run = at_digit_size(demo_settings(settings, per_run=args.budget))
     logs = "shown above" if args.verbose else f"in {Path(args.out) / 'activeflow.log'} (-v shows them here)"
-    print(f"activeflow demo: margin against random, {args.rounds} rounds of {args.budget} labels "
-          f"each; about 15 to 20 minutes on 2 cores, most of it training. Prefect's logs are {logs}.", file=sys.stderr)
-    result = demo_flow.with_options(task_runner=shard_runner(settings))(
-        demo_settings(settings, per_run=args.budget), out=args.out, rounds=args.rounds
-    )
+    print(f"activeflow demo: margin against random side by side, {args.rounds} rounds of {args.budget} "
+          f"labels each at {run.model.image_size} px; about {_demo_minutes(run, args.rounds)} minutes "
+          f"on 2 cores, most of it training. Prefect's logs are {logs}.", file=sys.stderr)
+    result = demo_flow.with_options(task_runner=shard_runner(settings))(run, out=args.out, rounds=args.rounds)
     print(result.table)
     return result.files
+
+
+def _demo_minutes(settings: Settings, rounds: int) -> int:
+    """Rough, from an idle 2-core machine: a round of both strategies side by side took
+    about 40 s at 8 px and 1,200 updates, 25 s of it training, whose updates cost about
+    8 + 0.03 * side**2 ms (10 ms at 8 px, 37 at 32)."""
+    step_ms = 8 + 0.03 * settings.model.image_size**2
+    training = 25 * step_ms / 9.9 * settings.model.min_steps / 1200
+    return max(1, round((rounds + 1) * (15 + training) / 60))
 
 
 def _benchmark(args: argparse.Namespace, settings: Settings) -> Any:

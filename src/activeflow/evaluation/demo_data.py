@@ -14,6 +14,7 @@ from sklearn.model_selection import train_test_split
 from activeflow.settings import Settings
 
 DIGIT_CLASSES = [str(d) for d in range(10)]
+DIGIT_SIDE = 8  # pixels: load_digits scans at 8x8
 
 
 class DemoData(BaseModel):
@@ -76,3 +77,15 @@ def demo_settings(settings: Settings, *, per_run: int) -> Settings:
     user's default (or configured) one: the demo shows what a user gets, untuned."""
     budget = settings.budget.model_copy(update={"per_run": per_run, "total": None})
     return settings.model_copy(update={"budget": budget})
+
+
+def at_digit_size(settings: Settings) -> Settings:
+    """``settings`` training at the digits' own 8 px, unless ``model.image_size`` was set.
+
+    Upscaling 8x8 scans to the default 32 px adds no detail and makes a retrain's updates
+    about 3.7 times dearer (37 against 10 ms on two cores). The recipe is untouched."""
+    if "image_size" in settings.model.model_fields_set:
+        return settings
+    return settings.model_copy(
+        update={"model": settings.model.model_copy(update={"image_size": DIGIT_SIDE})}
+    )
