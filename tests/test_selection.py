@@ -386,6 +386,19 @@ def test_forward_pool_keeps_batchnorm_in_inference_mode():
     np.testing.assert_allclose(out.embeddings, np.asarray(features), atol=1e-5)
 
 
+def test_a_short_last_batch_gives_each_image_what_it_gets_alone():
+    # 7 images in batches of 4: the last batch is padded to 4, never leaking into the outputs.
+    model = modeling.build_classifier(ModelSettings(backbone="mobilenet_v2", image_size=32), 3)
+    x = np.random.default_rng(1).uniform(0, 255, (7, 32, 32, 3)).astype("float32")
+    alone = np.concatenate([np.asarray(model(x[i : i + 1], training=False)) for i in range(7)])
+
+    out = modeling.forward_pool(model, x, 4, embeddings=True)
+
+    assert out.probs.shape == (7, 3) and out.embeddings.shape[0] == 7
+    np.testing.assert_allclose(out.probs, alone, atol=1e-5)
+    np.testing.assert_allclose(modeling.predict_proba(model, x, 4), alone, atol=1e-5)
+
+
 def test_forward_pool_refuses_mc_dropout_without_dropout():
     model = modeling.build_classifier(ModelSettings(image_size=8, dropout=0.0), 2)
     x = np.zeros((2, 8, 8, 3), dtype="float32")

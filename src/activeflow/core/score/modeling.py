@@ -503,11 +503,25 @@ def predict_proba(model: keras.Model, x: np.ndarray, batch_size: int) -> np.ndar
 def _predict(model: keras.Model, x: np.ndarray, batch_size: int) -> np.ndarray | list[np.ndarray]:
     """``model.predict`` without its per-call set-up (a data pipeline and callbacks, about
     half a second a call, paid by every scoring shard): batch by batch through the model's
-    compiled predict function. Outputs as ``predict``'s: an array, or one per model output."""
-    batches = [model.predict_on_batch(x[i : i + batch_size]) for i in range(0, len(x), batch_size)]
+    compiled predict function. Outputs as ``predict``'s: an array, or one per model output.
+
+    A short last batch is padded to the full size: a new shape would trace the predict
+    function again, about half a second for each new model (each retrain's test set, each
+    scoring shard), and in inference mode each row's output depends on that row alone."""
+    batches = [_predict_batch(model, x[i : i + batch_size], batch_size if len(x) > batch_size else 0)
+               for i in range(0, len(x), batch_size)]
     if isinstance(batches[0], (list, tuple)):
         return [np.concatenate(parts) for parts in zip(*batches, strict=True)]
     return np.concatenate(batches)
+
+
+def _predict_batch(model: keras.Model, batch: np.ndarray, pad_to: int) -> np.ndarray | list[np.ndarray]:
+    rows = len(batch)
+    if rows >= pad_to:
+        return model.predict_on_batch(batch)
+    padding = np.zeros((pad_to - rows, *batch.shape[1:]), batch.dtype)
+    out = model.predict_on_batch(np.concatenate([batch, padding]))
+    return [part[:rows] for part in out] if isinstance(out, (list, tuple)) else out[:rows]
 
 
 def evaluate(probs: np.ndarray, y: np.ndarray, classes: Sequence[str]) -> Evaluation:
