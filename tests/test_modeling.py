@@ -260,6 +260,32 @@ def test_a_seed_gives_the_same_model_while_other_threads_draw_random_numbers():
         assert all(np.array_equal(a, b) for a, b in zip(weights, alone, strict=True))
 
 
+def test_a_seed_gives_the_same_model_while_another_thread_loads_models():
+    """Loading a saved model creates layers that draw their seeds the way a build does: a
+    strategy scoring in one thread while another retrains (the demo, the benchmark's
+    threads) made the retrain's initial weights depend on timing."""
+    import threading
+
+    settings = ModelSettings(**{**TINY, "seed": 0})
+    alone = modeling.build_classifier(settings, 4).get_weights()
+    saved = modeling.model_to_bytes(modeling.build_classifier(settings, 4))
+    stop = threading.Event()
+
+    def load_models():
+        while not stop.is_set():
+            modeling.model_from_bytes(saved)
+
+    loader = threading.Thread(target=load_models)
+    loader.start()
+    try:
+        built = [modeling.build_classifier(settings, 4).get_weights() for _ in range(3)]
+    finally:
+        stop.set()
+        loader.join()
+    for weights in built:
+        assert all(np.array_equal(a, b) for a, b in zip(weights, alone, strict=True))
+
+
 def test_seeds_are_honoured_by_runs_in_parallel_threads():
     """Each run's model comes from its own seed even when runs start together in threads
     (Keras seeds from process-global generators), and a seed's training is reproducible."""

@@ -107,8 +107,8 @@ _SEED_LOCK = threading.Lock()
 def _seeded_keras(seed: int) -> Iterator[None]:
     """Keras seeds every unseeded initializer and dropout layer from Python's global
     ``random``, which any other thread (Prefect's services, HTTP clients) may draw from
-    mid-build. Builds take turns under a lock and read their layer seeds from a private
-    generator instead, so a seed gives the same model whatever else runs."""
+    mid-build. Builds take turns under a lock (loads too: ``model_from_bytes``) and read their
+    layer seeds from a private generator instead, so a seed gives the same model whatever else runs."""
     with _SEED_LOCK:
         keras.utils.set_random_seed(seed)
         shared = _keras_seed_source.python_random
@@ -552,7 +552,10 @@ def model_from_bytes(data: bytes) -> keras.Model:
     with tempfile.TemporaryDirectory() as folder:
         path = Path(folder) / "model.keras"
         path.write_bytes(data)
-        return keras.models.load_model(path, safe_mode=True, compile=False)
+        # Its layers draw seeds as a build's do: never from a build's private generator
+        # (one strategy scoring while another retrains took draws meant for the retrain).
+        with _SEED_LOCK:
+            return keras.models.load_model(path, safe_mode=True, compile=False)
 
 
 # --- what the active-learning strategies need beyond probabilities ---------------------------
