@@ -156,6 +156,27 @@ def test_early_stopping_never_cuts_a_retrain_below_the_minimum_updates():
     assert not history.stopped_early
 
 
+def test_steps_compiled_together_train_as_one_call_a_step(monkeypatch):
+    # Updates run many to a compiled call, fewer where the augmented pixels would be large:
+    # how many go to a call must not change what is learnt.
+    settings = ModelSettings(**{**TINY, "min_steps": 50, "validation_min_per_class": 5})
+    x, y = toy_data(n=40, classes=4)
+
+    def trained():
+        model = modeling.build_classifier(settings, 4)
+        history = modeling.train(model, x, y, settings)
+        return model.get_weights(), history
+
+    many_weights, many = trained()
+    monkeypatch.setattr(modeling, "_CHUNK_BYTES", 1)  # one update a call
+    one_weights, one = trained()
+    assert [(p.steps_planned, p.steps_run) for p in one.phases] == [(50, 50)]
+    assert len(one.head_loss) == 10 and one.best_step == many.best_step
+    np.testing.assert_allclose(one.head_loss, many.head_loss, rtol=1e-5)
+    for a, b in zip(one_weights, many_weights, strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+
+
 def test_the_small_cnn_sees_each_image_standardised():
     # Shapes, digits and photographs come in any colour and exposure: the small CNN
     # standardises each image first, so a darker, lower-contrast copy looks the same to it.

@@ -21,7 +21,7 @@ import random
 import tempfile
 import threading
 import weakref
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Literal
 
@@ -39,6 +39,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # keep TensorFlow's C++ chat
 os.environ.setdefault("TF_FORCE_GPU_ALLOW_GROWTH", "true")
 
 import keras  # noqa: E402  (after the log level is set)
+import tensorflow as tf  # noqa: E402
 
 # Where Keras draws unseeded layers' seeds (Python's global ``random``); see _seeded_keras.
 from keras.src.random import seed_generator as _keras_seed_source  # noqa: E402
@@ -286,17 +287,13 @@ def train(model: keras.Model, x: np.ndarray, y: np.ndarray, settings: ModelSetti
         backbone.trainable = phase.backbone_trainable
         if phase.name == "finetune":
             _freeze_batch_norm(backbone)
-        # Recompiling after changing `trainable` is what makes the change take effect.
-        model.compile(
-            optimizer=keras.optimizers.Adam(keras.optimizers.schedules.CosineDecay(phase.learning_rate, phase.steps)),
-            loss="sparse_categorical_crossentropy",
-        )
-        # Built here, its variables exist before the first step: otherwise that step creates
-        # them inside tf.function, which then traces train_step twice (2.4 s of a 6.6-second
-        # tiny retrain). The updates are the same to the bit.
-        model.optimizer.build(model.trainable_variables)
+        optimizer = keras.optimizers.Adam(keras.optimizers.schedules.CosineDecay(phase.learning_rate, phase.steps))
+        # Built here, its variables exist before the first step: created inside the compiled
+        # steps they would make tf.function trace twice.
+        optimizer.build(model.trainable_variables)
+        run_steps = _compiled_steps(model, optimizer)
         run, phase_losses, stopped = _run_phase(
-            model, phase, x, y, sample_weight, train_idx, plan.batch_size, rng, resolved, tracker, step_offset
+            run_steps, phase, x, y, sample_weight, train_idx, plan.batch_size, rng, resolved, tracker, step_offset
         )
         losses.append(phase_losses)
         reports.append(PhaseReport(name=phase.name, steps_planned=phase.steps, steps_run=run,
@@ -356,8 +353,51 @@ def _split(y: np.ndarray, fraction: float, rng: np.random.Generator) -> tuple[np
     return np.setdiff1d(np.arange(len(y)), val), val
 
 
+def _compiled_steps(model: keras.Model, optimizer: keras.Optimizer) -> Callable[..., tf.Tensor]:
+    """Consecutive training steps in one compiled call: ``(x [k, b, ...], y [k, b],
+    weights [k, b]) -> summed loss``, each step Keras' custom-loop recipe (a tape over the
+    weighted loss, then ``optimizer.apply``).
+
+    One call per evaluation interval instead of one ``train_on_batch`` per step, whose
+    per-call overhead was most of a small CNN's update (2 cores, a whole retrain: 3.6 against
+    6.0 ms an update at 8 px, 14.4 against 22.4 at 32 px; ``benchmarks/train_steps.py``).
+    Traced once a phase, when the phase's trainable weights are known."""
+    weights = model.trainable_variables
+
+    @tf.function(reduce_retracing=True)
+    def run_steps(xs: tf.Tensor, ys: tf.Tensor, ws: tf.Tensor) -> tf.Tensor:
+        total = tf.constant(0.0)
+        for k in tf.range(tf.shape(xs)[0]):
+            with tf.GradientTape() as tape:
+                probs = model(xs[k], training=True)
+                per_sample = keras.losses.sparse_categorical_crossentropy(ys[k], probs)
+                # As compile's loss with sample weights: their weighted sum over the batch size.
+                loss = tf.reduce_sum(per_sample * ws[k]) / tf.cast(tf.shape(per_sample)[0], tf.float32)
+                if model.losses:
+                    loss += tf.add_n(model.losses)
+            optimizer.apply(tape.gradient(loss, weights), weights)
+            total += loss
+        return total
+
+    return run_steps
+
+
+_CHUNK_BYTES = 64 * 2**20  # augmented pixels handed to one compiled call, at most
+
+
+def _epoch_batches(train_idx: np.ndarray, batch_size: int, rng: np.random.Generator) -> Iterator[np.ndarray]:
+    """Batches of training indices without end: every label once an epoch, an epoch's
+    leftover opening the next."""
+    order = np.zeros(0, dtype=np.int64)
+    while True:
+        if len(order) < batch_size:
+            order = np.concatenate([order, rng.permutation(train_idx)])
+        batch, order = order[:batch_size], order[batch_size:]
+        yield batch
+
+
 def _run_phase(  # noqa: PLR0913 (one phase's whole context)
-    model: keras.Model,
+    run_steps: Callable[..., tf.Tensor],
     phase: TrainingPhase,
     x: np.ndarray,
     y: np.ndarray,
@@ -371,18 +411,20 @@ def _run_phase(  # noqa: PLR0913 (one phase's whole context)
 ) -> tuple[int, list[float], bool]:
     """(steps run, mean loss per evaluation interval, stopped early)."""
     interval = max(1, phase.steps // 10)
-    order = np.zeros(0, dtype=np.int64)
-    losses, window = [], []
-    for step in range(1, phase.steps + 1):
-        if len(order) < batch_size:  # a new epoch: every training label once per epoch
-            order = np.concatenate([order, rng.permutation(train_idx)])
-        batch, order = order[:batch_size], order[batch_size:]
-        xb = augment(x[batch], settings.augment, rng)
-        window.append(float(model.train_on_batch(xb, y[batch], sample_weight=sample_weight[batch])))
-        if step % interval and step != phase.steps:
-            continue
-        losses.append(float(np.mean(window)))
-        window = []
+    per_call = max(1, _CHUNK_BYTES // (batch_size * x[0].nbytes))
+    batches = _epoch_batches(train_idx, batch_size, rng)
+    losses, step = [], 0
+    while step < phase.steps:
+        start, checkpoint, total = step, min(step + interval, phase.steps), 0.0
+        while step < checkpoint:
+            # Each batch augmented as it is drawn: the generator's draws keep the order of a
+            # step-by-step loop.
+            chunk = [(b, augment(x[b], settings.augment, rng))
+                     for b in itertools.islice(batches, min(per_call, checkpoint - step))]
+            index = np.stack([b for b, _ in chunk])
+            total += float(run_steps(np.stack([a for _, a in chunk]), y[index], sample_weight[index]))
+            step += len(chunk)
+        losses.append(total / (step - start))
         stale = tracker.update(step_offset + step) if tracker is not None else 0
         # Never below the phase's floor of updates, nor in its first half: a network trained
         # from scratch can sit on a loss plateau for hundreds of steps before it learns (seen
