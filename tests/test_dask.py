@@ -26,17 +26,17 @@ from activeflow.settings import load_settings
 pytestmark = [pytest.mark.usefixtures("prefect_harness"), pytest.mark.s3, pytest.mark.slow]
 
 CLASSES = ["a", "b", "c"]
-VERSION = "m-dask-test"  # its shard task runs are tagged model:<version>
+VERSION = "m-dask-test"  # its shard task runs are named "score shard <n> with <version>"
 
 
 def _shard_runs() -> list[int]:
     """Shard indexes of the completed score-shard task runs of VERSION in the Prefect API."""
     from prefect.client.orchestration import get_client
-    from prefect.client.schemas.filters import TaskRunFilter, TaskRunFilterTags
+    from prefect.client.schemas.filters import TaskRunFilter, TaskRunFilterName
 
     with get_client(sync_client=True) as client:
         runs = client.read_task_runs(
-            task_run_filter=TaskRunFilter(tags=TaskRunFilterTags(all_=[f"model:{VERSION}"]))
+            task_run_filter=TaskRunFilter(name=TaskRunFilterName(like_=f"with {VERSION}"))
         )
     return [int(run.name.split()[2]) for run in runs if run.name.startswith("score shard") and
             run.state is not None and run.state.is_completed()]

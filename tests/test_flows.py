@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import threading
 from pathlib import Path
 
 import pytest
@@ -108,6 +109,23 @@ def test_simulated_cycle_runs_rounds_until_the_total_budget_is_spent(tmp_path, d
     assert len(state.labelled) == 25 and state.queued == set()
     # Rounds 2 and 3 scored the pool; round 4, with the budget spent, did not.
     assert len([key for key in store.list("scores/") if key.endswith("/_SUCCESS.json")]) == 2
+
+
+def test_batches_and_models_leave_no_threads_behind(tmp_path, digits):
+    # Prefect starts a concurrency-slot service (a thread and an API connection, kept for
+    # the life of the process) for each distinct set of tags a task run carries
+    # (PrefectHQ/prefect#18615): a tag per batch or model grew a demo or benchmark process by
+    # one of each per task, and cost each such task about 0.7 s.
+    settings = settings_for(tmp_path / "store", digits.classes, budget={"per_run": 5},
+                            strategy={"name": "random"})
+    ingest_flow(str(digits.arrivals[0]), settings=settings)
+
+    export_batch_flow(settings)  # Prefect's own services start with the first run
+    threads = threading.active_count()
+    exported = [export_batch_flow(settings).batch_id for _ in range(3)]
+
+    assert len(set(exported)) == 3 and None not in exported
+    assert threading.active_count() <= threads
 
 
 def test_cycle_simulate_without_an_oracle_is_refused(tmp_path):

@@ -171,8 +171,10 @@ def test_import_and_retrain_started_by_hand_through_the_cli(production):
     assert run["parameters"]["batch_id"] == batch_id
     champion = current_champion(production.store)
     assert champion is not None
-    task_tags = {tag for task_run in server.task_runs(flow_run_id) for tag in task_run["tags"]}
-    assert {f"batch:{batch_id}", f"model:{champion.version}"} <= task_tags
+    # Task runs are found by the batch or model their names carry (not by tags: see
+    # test_batches_and_models_leave_no_threads_behind).
+    task_names = {task_run["name"] for task_run in server.task_runs(flow_run_id)}
+    assert {f"import labels of {batch_id}", f"gate {champion.version}"} <= task_names
 
     artifacts = server.artifacts(flow_run_id)
     assert {"label-import", "model-metrics", "learning-curve", "learning-curve-plot"} <= artifacts.keys()

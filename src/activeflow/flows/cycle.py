@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-from prefect import flow, tags
+from prefect import flow
 from prefect.task_runners import ThreadPoolTaskRunner
 from pydantic import BaseModel
 
@@ -33,16 +33,14 @@ def run_round(settings: Settings, number: int, truth: dict[str, str] | None) -> 
     Composes tasks (a subflow per step would cost a second each); call inside a flow."""
     scored_by = score_if_worth_it(settings, pool_status(settings))
     result = RoundResult(round=number, batch=export_batch(settings, scored_by))
-    with tags(f"batch:{result.batch.batch_id}") if result.batch.batch_id else tags():
-        report_batch(settings, result.batch)
+    report_batch(settings, result.batch)
     if truth is not None and result.batch.batch_id is not None:
         batch_id = result.batch.batch_id
-        with tags(f"batch:{batch_id}"):
-            answers = oracle_answers(settings, batch_id, truth)
-            import_label_bytes(settings, batch_id, f"oracle-{batch_id}.csv", answers)
-            result.retrain = retrain_model(settings)
-            result.pool_estimate = pool_estimate(settings, batch_id)
-            result.stopping = stopping_signal(settings)
+        answers = oracle_answers(settings, batch_id, truth)
+        import_label_bytes(settings, batch_id, f"oracle-{batch_id}.csv", answers)
+        result.retrain = retrain_model(settings)
+        result.pool_estimate = pool_estimate(settings, batch_id)
+        result.stopping = stopping_signal(settings)
     return result
 
 

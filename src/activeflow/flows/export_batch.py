@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-from prefect import flow, tags
+from prefect import flow
 
 from activeflow.core.label import label_studio
 from activeflow.core.label.batches import ExportResult
@@ -18,8 +18,7 @@ def export_and_publish(settings: Settings, model_version: str | None = None) -> 
     already holds is not pushed twice. ``model_version``: rank by the scores that model
     made (the run's own scoring) rather than the champion's."""
     result = export_batch(settings, model_version)
-    with tags(f"batch:{result.batch_id}") if result.batch_id else tags():
-        report_batch(settings, result)
+    report_batch(settings, result)
     if label_studio.is_configured(settings.label_studio):
         pushed = {b: push_batch(settings, b) for b in reversed(open_batches(settings))}  # newest first
         result.label_studio = pushed.get(result.batch_id)

@@ -1,6 +1,6 @@
 # No `from __future__ import annotations`: a served run unpickles this flow in a fresh
 # process, where string annotations could not be resolved to the parameter models.
-from prefect import flow, tags
+from prefect import flow
 from pydantic import BaseModel
 
 from activeflow.core.label.label_import import ImportReport, retrain_refusal
@@ -38,11 +38,10 @@ def import_and_retrain_flow(
     # Anyone who can start a run or send an event names the file: only the store and the
     # roots the settings allow are read, with the worker's credentials.
     roots = [settings.storage.uri, *settings.labelling.allowed_label_roots]
-    with tags(f"batch:{batch_id}"):
-        report = import_label_file(settings, batch_id, labels_uri, allowed_roots=roots, sha256=sha256)
-        if (refusal := retrain_refusal(report)) is not None:
-            return ImportAndRetrainResult(labels=report, note=refusal)
-        if not options.retrain:
-            return ImportAndRetrainResult(labels=report, note="retrain switched off for this run")
-        decision = retrain_model(settings)
+    report = import_label_file(settings, batch_id, labels_uri, allowed_roots=roots, sha256=sha256)
+    if (refusal := retrain_refusal(report)) is not None:
+        return ImportAndRetrainResult(labels=report, note=refusal)
+    if not options.retrain:
+        return ImportAndRetrainResult(labels=report, note="retrain switched off for this run")
+    decision = retrain_model(settings)
     return ImportAndRetrainResult(labels=report, retrain=decision, note=decision.reason)

@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-from prefect import flow, tags
+from prefect import flow
 
 from activeflow.core.label import label_studio
 from activeflow.core.label.label_import import ImportReport
@@ -17,8 +17,7 @@ def import_labels_flow(
     a path or s3:// URI, or with ``labels_uri="label-studio"`` straight from the configured
     Label Studio project."""
     settings = settings or load_settings()
-    with tags(f"batch:{batch_id}"):
-        if labels_uri == label_studio.LABEL_STUDIO_SOURCE:
-            content = pull_batch(settings, batch_id)
-            return import_label_bytes(settings, batch_id, f"label-studio-{batch_id}.json", content)
-        return import_label_file(settings, batch_id, labels_uri)
+    if labels_uri == label_studio.LABEL_STUDIO_SOURCE:
+        content = pull_batch(settings, batch_id)
+        return import_label_bytes(settings, batch_id, f"label-studio-{batch_id}.json", content)
+    return import_label_file(settings, batch_id, labels_uri)

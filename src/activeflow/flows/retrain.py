@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-from prefect import flow, tags
+from prefect import flow
 
 from activeflow.core.train.training import PromotionDecision
 from activeflow.settings import Settings, load_settings
@@ -11,9 +11,8 @@ def retrain_model(settings: Settings) -> PromotionDecision:
     """Train a candidate, gate its promotion, publish its metrics and the learning
     curve. Call inside a flow."""
     metrics = train_candidate(settings)
-    with tags(f"model:{metrics.version}"):
-        decision = promote_if_not_worse(settings, metrics)
-        report_training(settings, metrics, decision)
+    decision = promote_if_not_worse(settings, metrics)
+    report_training(settings, metrics, decision)
     return decision
 
 

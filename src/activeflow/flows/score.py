@@ -3,7 +3,7 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 
-from prefect import flow, tags, unmapped
+from prefect import flow, unmapped
 from prefect.artifacts import create_progress_artifact, update_progress_artifact
 from prefect.futures import as_completed
 from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
@@ -42,25 +42,24 @@ def score_if_worth_it(settings: Settings, status: Mapping[str, object]) -> str |
 def _score_shards(settings: Settings) -> ScoringPlan:
     plan = plan_scoring(settings)
     shards = len(plan.shards)
-    with tags(f"model:{plan.model_version}"):
-        futures = score_shard.map(
-            unmapped(settings),
-            unmapped(plan.model_version),
-            unmapped(plan.run_id),
-            range(shards),
-            plan.shards,
-        )
-        # After the shards are submitted: the API call overlaps their work.
-        progress = create_progress_artifact(
-            0.0 if shards else 100.0,
-            key="scoring-progress",
-            description=f"Scoring {plan.total} samples in {shards} shards with {plan.model_version}",
-        )
-        scored = 0
-        for done, future in enumerate(as_completed(futures), start=1):
-            scored += future.result()
-            update_progress_artifact(progress, 100.0 * done / shards)
-        commit_scores(settings, plan, scored)
+    futures = score_shard.map(
+        unmapped(settings),
+        unmapped(plan.model_version),
+        unmapped(plan.run_id),
+        range(shards),
+        plan.shards,
+    )
+    # After the shards are submitted: the API call overlaps their work.
+    progress = create_progress_artifact(
+        0.0 if shards else 100.0,
+        key="scoring-progress",
+        description=f"Scoring {plan.total} samples in {shards} shards with {plan.model_version}",
+    )
+    scored = 0
+    for done, future in enumerate(as_completed(futures), start=1):
+        scored += future.result()
+        update_progress_artifact(progress, 100.0 * done / shards)
+    commit_scores(settings, plan, scored)
     return plan
 
 
