@@ -8,7 +8,7 @@ the core functions (the ones the Prefect tasks call, without orchestration) and 
 each round into ingest / score / select / import / train. Writes
 benchmarks/results/demo_rounds.json.
 
-    python benchmarks/demo_rounds.py [--rounds 8] [--budget 20] [--core-split [--strategy margin]]
+    python benchmarks/demo_rounds.py [--rounds 4] [--budget 40] [--core-split [--strategy margin]]
 """
 
 from __future__ import annotations
@@ -117,8 +117,8 @@ def core_split(strategy: str, rounds: int, budget: int) -> dict[str, object]:
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--rounds", type=int, default=8)
-    parser.add_argument("--budget", type=int, default=20)
+    parser.add_argument("--rounds", type=int, default=4)
+    parser.add_argument("--budget", type=int, default=40)
     parser.add_argument("--core-split", action="store_true", help="also split one strategy's rounds by step")
     parser.add_argument("--strategy", default="margin", help="the strategy of --core-split")
     parser.add_argument("--out", default=str(Path(__file__).parent / "results" / "demo_rounds.json"))

@@ -314,3 +314,29 @@ def test_counts_below_one_are_refused_before_anything_is_written(argv, tmp_path,
     assert exit_info.value.code == 2
     assert f"argument {argv[1]}: must be a whole number of at least 1, not {argv[2]!r}" in err
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.slow
+@pytest.mark.usefixtures("prefect_harness")
+def test_the_demo_command_says_what_it_does_then_shows_only_its_rounds(tmp_path):
+    # As a user runs it, in a process of its own (here on the session's Prefect server, and
+    # with a short recipe): the up-front line, one line a round per strategy, the table.
+    from prefect.settings import PREFECT_API_URL
+
+    env = {**os.environ, "PREFECT_API_URL": PREFECT_API_URL.value(), "ACTIVEFLOW_MODEL__MIN_STEPS": "20"}
+    done = subprocess.run(
+        [str(Path(sys.executable).parent / "activeflow"), "demo", "--rounds", "1", "--budget", "10",
+         "--out", str(tmp_path / "demo")],
+        env=env, cwd=tmp_path, capture_output=True, text=True, timeout=300,
+    )
+    assert done.returncode == 0, done.stderr
+    lines = done.stderr.splitlines()
+    assert lines[0].startswith("activeflow demo: margin against random side by side, 1 rounds of 10 labels "
+                               "each at 8 px; about ")
+    assert "Prefect's logs are in " in lines[0]
+    assert sorted(line.split(":")[0] for line in lines[1:]) == [
+        "margin   round 0", "margin   round 1", "random   round 0", "random   round 1"
+    ]  # nothing else: no TensorFlow start-up lines, no Prefect task logs
+    assert done.stdout.splitlines()[0].split() == ["round", "margin", "labels", "margin", "acc", "random",
+                                                   "labels", "random", "acc"]
+    assert (tmp_path / "demo" / "report.json").is_file() and (tmp_path / "demo" / "activeflow.log").is_file()

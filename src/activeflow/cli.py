@@ -88,8 +88,8 @@ def _parser() -> argparse.ArgumentParser:
 
     demo = command("demo", help="the whole loop on bundled digits, margin vs random")
     demo.add_argument("--out", default="activeflow-demo", help="where data, stores and report go")
-    demo.add_argument("--rounds", type=_at_least_one, default=8)
-    demo.add_argument("--budget", type=_at_least_one, default=20, help="labels per round")
+    demo.add_argument("--rounds", type=_at_least_one, default=4)
+    demo.add_argument("--budget", type=_at_least_one, default=40, help="labels per round")
 
     command(
         "serve",
@@ -386,26 +386,30 @@ def _run(args: argparse.Namespace, settings: Settings) -> Any:
 
 def _demo(args: argparse.Namespace, settings: Settings) -> Any:
     from activeflow.evaluation.demo_data import at_digit_size, demo_settings
-    from activeflow.flows.demo import demo_flow
-    from activeflow.flows.score import shard_runner
 
     run = at_digit_size(demo_settings(settings, per_run=args.budget))
     logs = "shown above" if args.verbose else f"in {Path(args.out) / 'activeflow.log'} (-v shows them here)"
     print(f"activeflow demo: margin against random side by side, {args.rounds} rounds of {args.budget} "
-          f"labels each at {run.model.image_size} px; about {_demo_minutes(run, args.rounds)} minutes "
-          f"on 2 cores, most of it training. Prefect's logs are {logs}.", file=sys.stderr)
+          f"labels each at {run.model.image_size} px; about {_demo_duration(run, args.rounds)} on 2 cores, "
+          f"most of it training. Prefect's logs are {logs}.", file=sys.stderr, flush=True)
+    from activeflow.core.score.modeling import one_thread_per_op  # TensorFlow: seconds
+    from activeflow.flows.demo import demo_flow
+    from activeflow.flows.score import shard_runner
+
+    one_thread_per_op()  # its two strategies train side by side
     result = demo_flow.with_options(task_runner=shard_runner(settings))(run, out=args.out, rounds=args.rounds)
     print(result.table)
     return result.files
 
 
-def _demo_minutes(settings: Settings, rounds: int) -> int:
-    """Rough, from an idle 2-core machine: a round of both strategies side by side took
-    about 40 s at 8 px and 1,200 updates, 25 s of it training, whose updates cost about
-    8 + 0.03 * side**2 ms (10 ms at 8 px, 37 at 32)."""
-    step_ms = 8 + 0.03 * settings.model.image_size**2
-    training = 25 * step_ms / 9.9 * settings.model.min_steps / 1200
-    return max(1, round((rounds + 1) * (15 + training) / 60))
+def _demo_duration(settings: Settings, rounds: int) -> str:
+    """Rough, fitted to an idle 2-core machine (benchmarks/demo_rounds.py: 59 s for 4 rounds,
+    108 s for 8, at 8 px): per round the two retrains side by side, whose updates cost about
+    2.5 + 0.015 * side**2 ms each (train_steps.py: 3.5 ms at 8 px, 17.5 at 32), and 6.5 s
+    of the rest of the loop."""
+    step_ms = 2.5 + 0.015 * settings.model.image_size**2
+    seconds = 5 + (rounds + 1) * (6.5 + step_ms * settings.model.min_steps / 1000)
+    return f"{round(seconds, -1):.0f} s" if seconds < 100 else f"{max(2, round(seconds / 60))} minutes"
 
 
 def _benchmark(args: argparse.Namespace, settings: Settings) -> Any:

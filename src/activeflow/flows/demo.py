@@ -44,7 +44,7 @@ def demo_flow(
     settings: Settings,
     out: str = "activeflow-demo",
     strategies: list[SelectorName] = ["margin", "random"],  # noqa: B006 (Prefect shows it in the form)
-    rounds: int = 8,
+    rounds: int = 4,
 ) -> DemoResult:
     """The whole loop on scikit-learn's digits, once per strategy, into one report.
 
