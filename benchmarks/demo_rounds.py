@@ -8,12 +8,15 @@ the core functions (the ones the Prefect tasks call, without orchestration) and 
 each round into ingest / score / select / import / train. Writes
 benchmarks/results/demo_rounds.json.
 
-    python benchmarks/demo_rounds.py [--rounds 4] [--budget 40] [--core-split [--strategy margin]]
+    python benchmarks/demo_rounds.py [--rounds 4] [--budget 40] [--load N] [--core-split [--strategy margin]]
+
+``--load N`` keeps N other processes spinning on the CPU while the demo runs: a loaded machine.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import platform
@@ -22,6 +25,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 from activeflow.core.ingest.ingest import ingest_images
@@ -63,6 +67,18 @@ def demo_command(rounds: int, budget: int) -> dict[str, object]:
     print(f"activeflow demo: {seconds:.1f} s from the command to the report")
     return {"command": " ".join(["activeflow", *command[1:]]), "wall_seconds": round(seconds, 1),
             "rounds": lines, "table": stdout.splitlines()}
+
+
+@contextlib.contextmanager
+def busy_processes(count: int) -> Iterator[None]:
+    """``count`` processes spinning on the CPU until the block ends."""
+    spinners = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(count)]
+    try:
+        yield
+    finally:
+        for spinner in spinners:
+            spinner.kill()
+            spinner.wait()
 
 
 def timed(timings: dict[str, float], step: str, fn, *args, **kwargs):
@@ -119,12 +135,14 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--rounds", type=int, default=4)
     parser.add_argument("--budget", type=int, default=40)
+    parser.add_argument("--load", type=int, default=0, help="busy processes beside the demo")
     parser.add_argument("--core-split", action="store_true", help="also split one strategy's rounds by step")
     parser.add_argument("--strategy", default="margin", help="the strategy of --core-split")
     parser.add_argument("--out", default=str(Path(__file__).parent / "results" / "demo_rounds.json"))
     args = parser.parse_args()
 
-    result: dict[str, object] = {"demo": demo_command(args.rounds, args.budget)}
+    with busy_processes(args.load):
+        result: dict[str, object] = {"demo": demo_command(args.rounds, args.budget), "load": args.load}
     if args.core_split:
         result["core_split"] = core_split(args.strategy, args.rounds, args.budget)
     result.update(python=platform.python_version(), cpu_count=os.cpu_count(),
