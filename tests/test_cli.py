@@ -257,6 +257,23 @@ def test_a_temporary_prefect_server_that_does_not_start_is_a_clear_error(tmp_pat
     assert not (tmp_path / "store").exists()
 
 
+def test_the_demo_starts_the_temporary_server_early_and_still_says_when_it_did_not(tmp_path):
+    # The demo starts Prefect's temporary server in a thread while TensorFlow loads: a start
+    # that fails there is the same one-line error, and leaves no server behind.
+    env = {key: value for key, value in os.environ.items() if not key.startswith("PREFECT_")}
+    env.update(PREFECT_HOME=str(tmp_path / "prefect-home"), PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS="0")
+    result = subprocess.run(
+        [Path(sys.executable).parent / "activeflow", "demo", "--out", str(tmp_path / "demo")],
+        capture_output=True, text=True, env=env, cwd=tmp_path, timeout=300,
+    )
+    assert result.returncode == 2 and result.stdout == ""
+    first, second = result.stderr.splitlines()
+    assert first.startswith("activeflow demo: margin against random side by side")
+    assert second.startswith("activeflow demo: error: Prefect's temporary server did not start within 0 s")
+    assert not (tmp_path / "demo" / "stores").exists()
+    assert not processes_with(str(tmp_path / "prefect-home"))
+
+
 def test_an_expected_failure_is_one_line_and_verbose_brings_prefect_logs_back(tmp_path):
     """Prefect's per-task logs and its traceback stay off the terminal; -v shows them."""
     missing = tmp_path / "no-such-folder"

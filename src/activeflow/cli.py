@@ -9,7 +9,8 @@ import json
 import os
 import signal
 import sys
-from collections.abc import Iterator, Sequence
+import threading
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -392,14 +393,47 @@ def _demo(args: argparse.Namespace, settings: Settings) -> Any:
     print(f"activeflow demo: margin against random side by side, {args.rounds} rounds of {args.budget} "
           f"labels each at {run.model.image_size} px; about {_demo_duration(run, args.rounds)} on 2 cores, "
           f"most of it training. Prefect's logs are {logs}.", file=sys.stderr, flush=True)
-    from activeflow.core.score.modeling import one_thread_per_op  # TensorFlow: seconds
-    from activeflow.flows.demo import demo_flow
-    from activeflow.flows.score import shard_runner
-
+    server_started = _start_temporary_server()
+    try:
+        from activeflow.core.score.modeling import one_thread_per_op  # TensorFlow: seconds
+        from activeflow.flows.demo import demo_flow
+        from activeflow.flows.score import shard_runner
+    finally:
+        server_started()
     one_thread_per_op()  # its two strategies train side by side
     result = demo_flow.with_options(task_runner=shard_runner(settings))(run, out=args.out, rounds=args.rounds)
     print(result.table)
     return result.files
+
+
+def _start_temporary_server() -> Callable[[], None]:
+    """Start Prefect's temporary server now, in a thread, when no PREFECT_API_URL names a
+    server, so that its start-up overlaps the imports that follow; the flow's run later
+    finds it running (Prefect keeps one per process). Returns the wait for it, which raises
+    what the start raised."""
+    from prefect.settings import PREFECT_API_URL
+
+    if PREFECT_API_URL.value():
+        return lambda: None
+    from prefect.server.api.server import SubprocessASGIServer
+
+    failed: list[BaseException] = []
+
+    def start() -> None:
+        try:
+            SubprocessASGIServer().start()
+        except BaseException as error:  # noqa: BLE001 (raised again by the wait, in the caller)
+            failed.append(error)
+
+    thread = threading.Thread(target=start, name="prefect-server-start", daemon=True)
+    thread.start()
+
+    def wait() -> None:
+        thread.join()
+        if failed:
+            raise failed[0]
+
+    return wait
 
 
 def _demo_duration(settings: Settings, rounds: int) -> str:
