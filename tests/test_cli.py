@@ -274,6 +274,23 @@ def test_the_demo_starts_the_temporary_server_early_and_still_says_when_it_did_n
     assert not processes_with(str(tmp_path / "prefect-home"))
 
 
+def test_a_prefect_setting_it_cannot_parse_is_one_line_naming_it(tmp_path):
+    env = {key: value for key, value in os.environ.items() if not key.startswith("PREFECT_")}
+    env.update(PREFECT_HOME=str(tmp_path / "prefect-home"), PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS="0.5")
+    result = subprocess.run(
+        [Path(sys.executable).parent / "activeflow", "--store", str(tmp_path / "store"), "ingest",
+         str(tmp_path)],
+        capture_output=True, text=True, env=env, timeout=120,
+    )
+    assert result.returncode == 2 and result.stdout == ""
+    assert "Traceback" not in result.stderr
+    last = result.stderr.splitlines()[-1]
+    assert last.startswith("activeflow ingest: error: invalid Prefect settings (ServerEphemeralSettings: "
+                           "startup_timeout_seconds: Input should be a valid integer")
+    assert "PREFECT_*" in last
+    assert not (tmp_path / "store").exists()
+
+
 def test_an_expected_failure_is_one_line_and_verbose_brings_prefect_logs_back(tmp_path):
     """Prefect's per-task logs and its traceback stay off the terminal; -v shows them."""
     missing = tmp_path / "no-such-folder"

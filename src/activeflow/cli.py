@@ -10,6 +10,7 @@ import os
 import signal
 import sys
 import threading
+import traceback
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -254,6 +255,10 @@ def _failure_message(error: BaseException) -> str | None:
                 "rerun the command to finish")
     if isinstance(error, _USER_ERRORS + _core_errors()):
         return f"error: {error}"
+    if _is_prefect_settings_error(error):
+        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in error.errors())
+        return (f"error: invalid Prefect settings ({error.title}: {problems}); check the PREFECT_* "
+                "variables in the environment and the active Prefect profile")
     if isinstance(error, RuntimeError) and str(error).startswith(_SERVER_TIMED_OUT):
         return (
             f"error: Prefect's temporary server did not start within "
@@ -263,6 +268,17 @@ def _failure_message(error: BaseException) -> str | None:
             "PREFECT_API_URL=http://127.0.0.1:4200/api"
         )
     return None
+
+
+def _is_prefect_settings_error(error: BaseException) -> bool:
+    """A pydantic validation error raised while Prefect read its own settings (a PREFECT_*
+    variable or profile entry it cannot parse)."""
+    from pydantic import ValidationError
+
+    if not isinstance(error, ValidationError):
+        return False
+    frames = traceback.extract_tb(error.__traceback__)
+    return any(f"{os.sep}prefect{os.sep}settings{os.sep}" in frame.filename for frame in frames)
 
 
 def _warnings(result: Any) -> int:

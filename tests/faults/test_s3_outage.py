@@ -20,7 +20,7 @@ from activeflow.settings import StorageSettings
 
 pytestmark = pytest.mark.s3
 
-IMAGES = 300
+IMAGES = 600
 
 
 @pytest.fixture
@@ -53,6 +53,16 @@ def ingest_in_background(storage: StorageSettings, source) -> tuple[threading.Th
     return thread, outcome
 
 
+def wait_until_writing(endpoint: str, timeout: float = 60.0) -> None:
+    """Until the ingest has put its first image: the fault then lands mid-ingest however
+    fast the machine (a fixed second was, here, after 300 images had all been written)."""
+    client = s3_client(endpoint)
+    deadline = time.monotonic() + timeout
+    while client.list_objects_v2(Bucket="outage", Prefix="store/samples/", MaxKeys=1)["KeyCount"] == 0:
+        assert time.monotonic() < deadline, "the ingest wrote no image"
+        time.sleep(0.01)
+
+
 def assert_every_image_once(storage: StorageSettings) -> None:
     store = open_store(storage)
     samples = load_state(store).samples.table
@@ -72,7 +82,7 @@ def source(tmp_path):
 def test_a_frozen_server_fails_the_ingest_in_time_and_a_rerun_completes(seaweedfs, source):
     storage = storage_at(seaweedfs.endpoint)
     thread, outcome = ingest_in_background(storage, source)
-    time.sleep(1.0)
+    wait_until_writing(seaweedfs.endpoint)
     seaweedfs.process.send_signal(signal.SIGSTOP)
     frozen_at = time.monotonic()
     try:
@@ -92,12 +102,13 @@ def test_a_frozen_server_fails_the_ingest_in_time_and_a_rerun_completes(seaweedf
 def test_a_killed_server_fails_the_ingest_at_once_and_a_rerun_after_restart_completes(seaweedfs, source):
     storage = storage_at(seaweedfs.endpoint)
     thread, outcome = ingest_in_background(storage, source)
-    time.sleep(1.0)
+    wait_until_writing(seaweedfs.endpoint)
     seaweedfs.process.kill()
     killed_at = time.monotonic()
     thread.join(timeout=120)
     assert not thread.is_alive()
-    assert "error" in outcome and seaweedfs.endpoint in str(outcome["error"])
+    assert "error" in outcome, "the server was killed after the ingest had finished"
+    assert seaweedfs.endpoint in str(outcome["error"])
     assert outcome["ended"] - killed_at < 60
 
     restarted = restart_seaweedfs(seaweedfs)
