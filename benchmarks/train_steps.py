@@ -13,6 +13,7 @@ Writes benchmarks/results/train_steps.json unless --out.
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import platform
@@ -52,11 +53,9 @@ def _step_by_step(settings, x: np.ndarray, y: np.ndarray) -> None:
         schedule = keras.optimizers.schedules.CosineDecay(phase.learning_rate, phase.steps)
         model.compile(optimizer=keras.optimizers.Adam(schedule), loss="sparse_categorical_crossentropy")
         model.optimizer.build(model.trainable_variables)
-        batches = modeling._epoch_batches(np.arange(len(y)), plan.batch_size, rng)
-        for _ in range(phase.steps):
-            batch = next(batches)
-            model.train_on_batch(modeling.augment(x[batch], augment, rng), y[batch],
-                                 sample_weight=np.ones(len(batch), np.float32))
+        batches = modeling._training_batches(x, np.arange(len(y)), plan.batch_size, augment, rng)
+        for batch, pixels in itertools.islice(batches, phase.steps):
+            model.train_on_batch(pixels, y[batch], sample_weight=np.ones(len(batch), np.float32))
 
 
 def _seconds(run: Callable[[], None], parallel: int) -> float:

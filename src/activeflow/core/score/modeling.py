@@ -400,16 +400,14 @@ def _compiled_steps(model: keras.Model, optimizer: keras.Optimizer) -> Callable[
     6.0 ms an update at 8 px, 14.4 against 22.4 at 32 px; ``benchmarks/train_steps.py``).
     Traced once a phase, when the phase's trainable weights are known."""
     weights = model.trainable_variables
+    loss_fn = keras.losses.SparseCategoricalCrossentropy()  # what compile's string named
 
     @tf.function(reduce_retracing=True)
     def run_steps(xs: tf.Tensor, ys: tf.Tensor, ws: tf.Tensor) -> tf.Tensor:
         total = tf.constant(0.0)
         for k in tf.range(tf.shape(xs)[0]):
             with tf.GradientTape() as tape:
-                probs = model(xs[k], training=True)
-                per_sample = keras.losses.sparse_categorical_crossentropy(ys[k], probs)
-                # As compile's loss with sample weights: their weighted sum over the batch size.
-                loss = tf.reduce_sum(per_sample * ws[k]) / tf.cast(tf.shape(per_sample)[0], tf.float32)
+                loss = loss_fn(ys[k], model(xs[k], training=True), sample_weight=ws[k])
                 if model.losses:
                     loss += tf.add_n(model.losses)
             optimizer.apply(tape.gradient(loss, weights), weights)
@@ -422,15 +420,19 @@ def _compiled_steps(model: keras.Model, optimizer: keras.Optimizer) -> Callable[
 _CHUNK_BYTES = 64 * 2**20  # augmented pixels handed to one compiled call, at most
 
 
-def _epoch_batches(train_idx: np.ndarray, batch_size: int, rng: np.random.Generator) -> Iterator[np.ndarray]:
-    """Batches of training indices without end: every label once an epoch, an epoch's
-    leftover opening the next."""
+def _training_batches(
+    x: np.ndarray, train_idx: np.ndarray, batch_size: int, augment_settings: AugmentSettings,
+    rng: np.random.Generator,
+) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """(indices, augmented pixels) of batches without end: every label once an epoch, an
+    epoch's leftover opening the next. One generator draws both, in step order, so chunking
+    the steps changes nothing."""
     order = np.zeros(0, dtype=np.int64)
     while True:
         if len(order) < batch_size:
             order = np.concatenate([order, rng.permutation(train_idx)])
         batch, order = order[:batch_size], order[batch_size:]
-        yield batch
+        yield batch, augment(x[batch], augment_settings, rng)
 
 
 def _run_phase(  # noqa: PLR0913 (one phase's whole context)
@@ -449,18 +451,15 @@ def _run_phase(  # noqa: PLR0913 (one phase's whole context)
     """(steps run, mean loss per evaluation interval, stopped early)."""
     interval = max(1, phase.steps // 10)
     per_call = max(1, _CHUNK_BYTES // (batch_size * x[0].nbytes))
-    batches = _epoch_batches(train_idx, batch_size, rng)
+    batches = _training_batches(x, train_idx, batch_size, settings.augment, rng)
     losses, step = [], 0
     while step < phase.steps:
         start, checkpoint, total = step, min(step + interval, phase.steps), 0.0
         while step < checkpoint:
-            # Each batch augmented as it is drawn: the generator's draws keep the order of a
-            # step-by-step loop.
-            chunk = [(b, augment(x[b], settings.augment, rng))
-                     for b in itertools.islice(batches, min(per_call, checkpoint - step))]
-            index = np.stack([b for b, _ in chunk])
-            total += float(run_steps(np.stack([a for _, a in chunk]), y[index], sample_weight[index]))
-            step += len(chunk)
+            indices, pixels = zip(*itertools.islice(batches, min(per_call, checkpoint - step)), strict=True)
+            index = np.stack(indices)
+            total += float(run_steps(np.stack(pixels), y[index], sample_weight[index]))
+            step += len(index)
         losses.append(total / (step - start))
         stale = tracker.update(step_offset + step) if tracker is not None else 0
         # Never below the phase's floor of updates, nor in its first half: a network trained
