@@ -99,10 +99,13 @@ def _comparable(config, settings) -> dict[str, object]:
 
 
 def _finished_runs(previous: Path, runs_file: Path, setup: dict[str, object]) -> set[tuple[str, int]]:
-    """The (strategy, seed) runs in runs_file, once benchmark.json shows they were made alike."""
-    if not previous.is_file() or not runs_file.is_file():
-        sys.exit(f"nothing to resume: {previous} or {runs_file} is missing (--report-only writes "
-                 "benchmark.json from the runs of a benchmark cut short)")
+    """The (strategy, seed) runs in runs_file, once benchmark.json shows they were made alike.
+
+    runs_file is not committed (benchmark.json is): in a fresh clone it is rebuilt from
+    benchmark.json's records, which are the runs of every seed it reported."""
+    if not previous.is_file():
+        sys.exit(f"nothing to resume: {previous} is missing (--report-only writes it from "
+                 f"{runs_file.name} of a benchmark cut short)")
     document = json.loads(previous.read_text())
     earlier = {
         "run_setup": {k: v for k, v in document["config"].items() if k not in ("strategies", "seeds")},
@@ -113,6 +116,10 @@ def _finished_runs(previous: Path, runs_file: Path, setup: dict[str, object]) ->
     if differing:
         sys.exit(f"cannot resume {previous.parent}: it was made with other settings "
                  f"({', '.join(differing)}); use another --out")
+    if not runs_file.is_file():
+        runs_file.write_text("".join(json.dumps(r) + "\n" for r in document["records"]))
+        print(f"{runs_file.name} was missing: rebuilt from {previous.name}'s "
+              f"{len(document['records'])} records", file=sys.stderr)
     runs = (json.loads(line) for line in runs_file.read_text().splitlines() if line)
     return {(run["strategy"], run["seed"]) for run in runs}
 
