@@ -177,6 +177,39 @@ def test_steps_compiled_together_train_as_one_call_a_step(monkeypatch):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
 
 
+def test_weight_decay_shrinks_the_weights_and_zero_is_plain_adam():
+    x, y = toy_data(n=40, classes=4)
+
+    def head_kernel_norm(weight_decay):
+        settings = ModelSettings(**{**TINY, "min_steps": 60, "weight_decay": weight_decay})
+        model = modeling.build_classifier(settings, 4)
+        modeling.train(model, x, y, settings)
+        return float(np.linalg.norm(model.get_layer("head").get_weights()[0]))
+
+    plain = head_kernel_norm(0.0)
+    assert head_kernel_norm(0.0) == plain  # seeded: the same run twice
+    assert head_kernel_norm(5.0) < 0.9 * plain
+
+
+def test_fine_tuning_does_not_decay_the_pretrained_weights(tmp_path):
+    weights = tmp_path / "backbone.weights.h5"
+    modeling.build_classifier(ModelSettings(**TINY), 2).get_layer("backbone").save_weights(weights)
+    x, y = toy_data()
+
+    def norms(weight_decay):
+        settings = ModelSettings(**{**TINY, "head_epochs": 1, "finetune_epochs": 3},
+                                 weights=str(weights), weight_decay=weight_decay)
+        model = modeling.build_classifier(settings, 2)
+        modeling.train(model, x, y, settings)
+        backbone = [w for w in model.get_layer("backbone").trainable_weights if "kernel" in w.path]
+        head = model.get_layer("head").get_weights()[0]
+        return float(np.sqrt(sum(np.sum(np.square(w)) for w in backbone))), float(np.linalg.norm(head))
+
+    (plain_backbone, plain_head), (decayed_backbone, decayed_head) = norms(0.0), norms(50.0)
+    assert decayed_head < 0.9 * plain_head  # the head, trained from scratch, is decayed
+    assert decayed_backbone == pytest.approx(plain_backbone, rel=0.02)
+
+
 def test_the_small_cnn_sees_each_image_standardised():
     # Shapes, digits and photographs come in any colour and exposure: the small CNN
     # standardises each image first, so a darker, lower-contrast copy looks the same to it.

@@ -198,6 +198,14 @@ class ModelSettings(_Group):
     finetune_learning_rate: float = Field(
         3e-4, gt=0, description="Adam peak learning rate in phase 2 (cosine-decayed)."
     )
+    weight_decay: float = Field(
+        1.0,
+        ge=0.0,
+        description="Decoupled weight decay (AdamW): each update shrinks the weights it trains "
+        "by weight_decay x the current learning rate; a pretrained backbone's weights are not "
+        "decayed while they fine-tune. On few labels it did more than doubling min_steps (the "
+        "README's 'How a retrain trains'); 0 is plain Adam.",
+    )
     batch_size: int = Field(32, ge=1, description="Training and inference batch size.")
     augment: AugmentSettings = Field(default_factory=AugmentSettings)
     validation_fraction: float = Field(

@@ -324,7 +324,16 @@ def train(model: keras.Model, x: np.ndarray, y: np.ndarray, settings: ModelSetti
         backbone.trainable = phase.backbone_trainable
         if phase.name == "finetune":
             _freeze_batch_norm(backbone)
-        optimizer = keras.optimizers.Adam(keras.optimizers.schedules.CosineDecay(phase.learning_rate, phase.steps))
+        # Adam with decoupled weight decay (AdamW's update); 0 is plain Adam, step for step.
+        optimizer = keras.optimizers.Adam(
+            keras.optimizers.schedules.CosineDecay(phase.learning_rate, phase.steps),
+            weight_decay=settings.weight_decay or None,
+        )
+        if phase.name == "finetune" and settings.weight_decay:
+            # Decay pulls weights towards zero: right for weights learnt from these labels,
+            # wrong for pretrained ones behind frozen BatchNorm statistics (it would shrink
+            # the features the statistics were measured on).
+            optimizer.exclude_from_weight_decay(var_list=backbone.trainable_variables)
         # Built here, its variables exist before the first step: created inside the compiled
         # steps they would make tf.function trace twice.
         optimizer.build(model.trainable_variables)
