@@ -235,7 +235,9 @@ result = {{"files": {count}, "first_new": first.new, "again_unchanged": again.un
 
 def measure(root: Path, what: str, body: str | None = None) -> dict[str, object]:
     code = _CHILD.format(body=body or MEASURE[what])
-    out = subprocess.run([sys.executable, "-c", code, str(root)], capture_output=True, text=True, check=True)
+    out = subprocess.run([sys.executable, "-c", code, str(root)], capture_output=True, text=True)
+    if out.returncode:  # the child's own error, not only its exit status
+        sys.exit(f"measuring {what} failed (exit {out.returncode}):\n{out.stderr[-3000:]}")
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
