@@ -43,7 +43,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from activeflow.core.storage.catalog import Catalog
-from activeflow.core.storage.pool import BatchItemRecord, BatchManifest, manifest_rows
+from activeflow.core.storage.pool import BatchItemRecord, BatchManifest, manifest_rows, utc_now
 from activeflow.core.storage.store import LocalStore
 
 BATCHES, ITEMS = 50, 100
@@ -113,6 +113,7 @@ def sample_id(n: int) -> str:
 def synthesise(store: LocalStore, size: int) -> int:
     """The pool and its open batches; returns how many samples the batches hold."""
     catalog = Catalog(store)
+    now = utc_now()  # a fixed date would age the open batches past labelling.release_after_hours
     sequence = 0  # every ingest's commit is serial (Catalog.insert_new)
     for first in range(0, size, CHUNK):
         ids = [sample_id(n) for n in range(first, min(first + CHUNK, size))]
@@ -122,7 +123,7 @@ def synthesise(store: LocalStore, size: int) -> int:
             pa.table(
                 {
                     "id": ids, "ext": ["png"] * count, "source": [f"in/{i}.png" for i in ids],
-                    "size": [1000] * count, "ingested_at": ["2026-11-28T00:00:00+00:00"] * count,
+                    "size": [1000] * count, "ingested_at": [now] * count,
                     "split": ["pool"] * count, "label": pa.nulls(count, pa.string()),
                 }
             ),
@@ -134,14 +135,14 @@ def synthesise(store: LocalStore, size: int) -> int:
             pa.table(
                 {
                     "name": [f"/data/in/{i}.png" for i in ids], "version": ["1000:1764288000000000000"] * count,
-                    "sample_id": ids, "read_at": ["2026-11-28T00:00:00+00:00"] * count,
+                    "sample_id": ids, "read_at": [now] * count,
                 }
             ),
         )
     items = max(1, min(ITEMS, size // (2 * BATCHES)))  # batches take at most half the pool
     manifests = [
         BatchManifest(
-            batch_id=f"b{b:03d}", created_at="2026-11-28T00:00:00+00:00", strategy="margin",
+            batch_id=f"b{b:03d}", created_at=now, strategy="margin",
             model_version="m1", budget_per_run=items, budget_total=None,
             items=[BatchItemRecord(sample_id=sample_id(b * items + i), score=0.5) for i in range(items)],
         )
