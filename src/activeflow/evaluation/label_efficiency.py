@@ -354,14 +354,18 @@ def area_under_curve(labels: Sequence[float], accuracy: Sequence[float]) -> floa
 
 def labels_to_reach(labels: Sequence[float], accuracy: Sequence[float], target: float) -> float | None:
     """Labels at which the curve first reaches ``target``, linearly interpolated between the
-    two rounds around the crossing; None if it never does."""
+    two rounds around the crossing; None if it never does. Means over seeds that differ only
+    in float rounding count as equal (the same right answers, summed in another order)."""
     for i, (x, y) in enumerate(zip(labels, accuracy, strict=True)):
-        if y >= target:
+        if y >= target - _ROUNDING:
             if i == 0:
                 return float(x)
             x0, y0 = labels[i - 1], accuracy[i - 1]
-            return float(x0 + (target - y0) / (y - y0) * (x - x0))
+            return float(min(x, x0 + (target - y0) / (y - y0) * (x - x0)))
     return None
+
+
+_ROUNDING = 1e-9  # far below one test image in a million
 
 
 class CurveStats(BaseModel):
