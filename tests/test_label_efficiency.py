@@ -39,7 +39,6 @@ def test_labels_to_reach_interpolates_the_first_crossing():
     assert le.labels_to_reach(labels, accuracy, 0.95) is None
 
 
-
 def test_labels_to_reach_counts_a_mean_equal_but_for_float_rounding():
     # Random's five seeds on 600 ten-shape test images: 2997 of 3000 right at 160 labels and
     # at 180, but the means differ in the last bit, and 160 was counted as short of 180's.
@@ -47,6 +46,7 @@ def test_labels_to_reach_counts_a_mean_equal_but_for_float_rounding():
     final = np.mean([1.0, 1.0, 1.0, 598 / 600, 599 / 600])
     assert at_160 < final
     assert le.labels_to_reach([140, 160, 180], [0.99, at_160, final], final) == 160.0
+
 
 def _records(strategy, curves):
     """RoundRecords for one strategy: ``curves`` maps seed -> accuracies at 20, 40, ... labels."""

@@ -352,6 +352,9 @@ def area_under_curve(labels: Sequence[float], accuracy: Sequence[float]) -> floa
     return float(np.sum((y[1:] + y[:-1]) / 2 * np.diff(x)) / (x[-1] - x[0]))
 
 
+_ROUNDING = 1e-9  # far below one test image in a million
+
+
 def labels_to_reach(labels: Sequence[float], accuracy: Sequence[float], target: float) -> float | None:
     """Labels at which the curve first reaches ``target``, linearly interpolated between the
     two rounds around the crossing; None if it never does. Means over seeds that differ only
@@ -363,9 +366,6 @@ def labels_to_reach(labels: Sequence[float], accuracy: Sequence[float], target: 
             x0, y0 = labels[i - 1], accuracy[i - 1]
             return float(min(x, x0 + (target - y0) / (y - y0) * (x - x0)))
     return None
-
-
-_ROUNDING = 1e-9  # far below one test image in a million
 
 
 class CurveStats(BaseModel):
