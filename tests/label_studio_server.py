@@ -51,10 +51,10 @@ BINARY_ENV = "ACTIVEFLOW_LABEL_STUDIO_BIN"
 USERNAME = "activeflow-tests@example.com"
 PASSWORD = "activeflow-tests-password"
 
-# sentry-sdk 3 refuses an option Label Studio 1.23.2 passes it, and the server would not start.
+# The constraints hold Label Studio's dependencies at versions that start (docs/decisions/0006).
 _INSTALL_HINT = (
     "python3 -m venv .ls-venv && .ls-venv/bin/pip install "
-    f"label-studio=={LABEL_STUDIO_VERSION} 'sentry-sdk<3'"
+    f"label-studio=={LABEL_STUDIO_VERSION} -c .ci/constraints/label-studio.txt"
 )
 
 
